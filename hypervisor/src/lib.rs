@@ -1,0 +1,3 @@
+//! The hypervisor: everything that is not the bare-metal entry point lives here so that the
+//! hardware-independent parts build and run their unit tests on the host.
+#![cfg_attr(not(test), no_std)]
