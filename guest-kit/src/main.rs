@@ -1,1 +1,197 @@
-fn main() {}
+//! `guest-kit`: see `guest-kit --help`.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use guest_kit::bundle::{Bundle, bundles_from_console};
+use guest_kit::collect::collect;
+use guest_kit::truth::truth_from_console;
+
+const HELP: &str = "\
+guest-kit: what only the guest knows, for the whole-machine profiler
+
+USAGE:
+  guest-kit collect [--out FILE|-] [--vm NAME] [--proc DIR]
+      Run as root inside a Linux guest. Writes a guest bundle (docs/contracts.md):
+      user processes (comm), their file-backed executable mappings, the kernel image
+      and modules, and /proc/kallsyms. --out defaults to `-` (stdout); --vm defaults
+      to the host name; --proc defaults to /proc.
+      LIMITATION: /proc does not show a process's page-table root, so every `proc`
+      line says `cr3=?` for now (reading mm->pgd via /proc/kcore + BTF is a TODO).
+      Without root, kallsyms and module addresses read as 0 (a warning says so).
+
+  guest-kit extract CONSOLE [--out-dir DIR]
+      Picks `[NAME] @gk ...` lines out of a console log, checks each bundle and
+      writes DIR/NAME.bundle (DIR defaults to `.`; a console read directly, without
+      `[NAME] ` prefixes, gives `console.bundle`). Prints one summary line per VM
+      and its `truth` line if there is one.
+
+Exit status: 0 ok, 1 failed, 2 bad usage.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("collect") => run_collect(&args[1..]),
+        Some("extract") => run_extract(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(Failure::Usage(format!("unknown command `{other}`"))),
+        None => Err(Failure::Usage("no command given".into())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("guest-kit: {msg} (see `guest-kit --help`)");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(msg)) => {
+            eprintln!("guest-kit: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Failed(String),
+}
+
+/// `--key value` pairs, and the positional arguments.
+type Parsed<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+
+/// Splits `--key value` options (each allowed once) from positional arguments.
+fn options<'a>(args: &'a [String], known: &[&str]) -> Result<Parsed<'a>, Failure> {
+    let (mut opts, mut positional): (Vec<(&str, &str)>, Vec<&str>) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg.starts_with("--") && arg != "-" {
+            if !known.contains(&arg.as_str()) {
+                return Err(Failure::Usage(format!("unknown option `{arg}`")));
+            }
+            let value = it
+                .next()
+                .ok_or_else(|| Failure::Usage(format!("`{arg}` needs a value")))?;
+            if opts.iter().any(|(k, _)| k == arg) {
+                return Err(Failure::Usage(format!("`{arg}` given twice")));
+            }
+            opts.push((arg, value));
+        } else {
+            positional.push(arg);
+        }
+    }
+    Ok((opts, positional))
+}
+
+fn get<'a>(opts: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
+    opts.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+fn run_collect(args: &[String]) -> Result<(), Failure> {
+    let (opts, positional) = options(args, &["--out", "--vm", "--proc"])?;
+    if let Some(extra) = positional.first() {
+        return Err(Failure::Usage(format!("unexpected argument `{extra}`")));
+    }
+    let proc_root = PathBuf::from(get(&opts, "--proc").unwrap_or("/proc"));
+    let vm = match get(&opts, "--vm") {
+        Some(vm) => vm.to_string(),
+        None => fs::read_to_string(proc_root.join("sys/kernel/hostname"))
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "guest".to_string()),
+    };
+    let collected = collect(&proc_root, &vm).map_err(|e| Failure::Failed(e.to_string()))?;
+    for warning in &collected.warnings {
+        eprintln!("guest-kit: warning: {warning}");
+    }
+    let text = collected.bundle.to_text();
+    match get(&opts, "--out").unwrap_or("-") {
+        "-" => io::stdout()
+            .write_all(text.as_bytes())
+            .map_err(|e| Failure::Failed(format!("cannot write to stdout: {e}"))),
+        path => {
+            fs::write(path, text).map_err(|e| Failure::Failed(format!("cannot write {path}: {e}")))
+        }
+    }?;
+    eprintln!(
+        "guest-kit: {} processes, {} mappings, {} kernel maps, {} kernel symbols (cr3 not collected: cr3=?)",
+        collected.bundle.procs.len(),
+        collected.bundle.maps.len(),
+        collected.bundle.kmaps.len(),
+        collected.bundle.ksyms.len()
+    );
+    Ok(())
+}
+
+fn run_extract(args: &[String]) -> Result<(), Failure> {
+    let (opts, positional) = options(args, &["--out-dir"])?;
+    let [console] = positional[..] else {
+        return Err(Failure::Usage("`extract` takes one CONSOLE file".into()));
+    };
+    let out_dir = Path::new(get(&opts, "--out-dir").unwrap_or("."));
+    let bytes =
+        fs::read(console).map_err(|e| Failure::Failed(format!("cannot read {console}: {e}")))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let bundles = bundles_from_console(&text);
+    if bundles.is_empty() {
+        return Err(Failure::Failed(format!("{console}: no `@gk ` lines")));
+    }
+    let truths = truth_from_console(&text);
+    let mut failed = Vec::new();
+    for (name, bundle_text) in &bundles {
+        let file_name = if name.is_empty() {
+            "console"
+        } else {
+            name.as_str()
+        };
+        let valid_name = !file_name.contains(['/', '\\']) && file_name != "." && file_name != "..";
+        let bundle = match Bundle::parse(bundle_text) {
+            Ok(b) if valid_name => b,
+            Ok(_) => {
+                failed.push(format!("{name}: not usable as a file name"));
+                continue;
+            }
+            Err(e) => {
+                failed.push(format!("{file_name}: {e}"));
+                continue;
+            }
+        };
+        let path = out_dir.join(format!("{file_name}.bundle"));
+        fs::write(&path, bundle.to_text())
+            .map_err(|e| Failure::Failed(format!("cannot write {}: {e}", path.display())))?;
+        println!(
+            "{file_name}: vm {} with {} processes, {} maps, {} kmaps, {} ksyms -> {}",
+            bundle.vm,
+            bundle.procs.len(),
+            bundle.maps.len(),
+            bundle.kmaps.len(),
+            bundle.ksyms.len(),
+            path.display()
+        );
+    }
+    for (name, truth) in &truths {
+        let file_name = if name.is_empty() {
+            "console"
+        } else {
+            name.as_str()
+        };
+        match truth {
+            Ok(t) => println!(
+                "{file_name}: truth: idle {:.2} % of the run, shares {:?}",
+                t.idle_percent().unwrap_or(0.0),
+                t.shares
+            ),
+            Err(e) => failed.push(format!("{file_name}: truth line: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(failed.join("; ")))
+    }
+}

@@ -1,0 +1,770 @@
+//! The guest bundle: what only the guest knows (processes and their CR3, mapped objects,
+//! kernel image and symbols), as the text format of `docs/contracts.md`, version 1.
+//!
+//! ```text
+//! gk-bundle 1
+//! vm NAME
+//! proc PID COMM cr3=0xHEX [from=HOSTTSC] [to=HOSTTSC]    # cr3=? when unknown
+//! map PID START END OFFSET PATH                          # hex, offset as in /proc/PID/maps
+//! kmap START END PATH
+//! ksym ADDR TYPE NAME [MODULE]
+//! ```
+//!
+//! Rules this module fixes where the contract is silent:
+//! - Fields are separated by spaces or tabs; `#` starts a comment anywhere on a line.
+//! - Text fields (COMM, PATH, NAME, MODULE, the VM name) escape space, tab, `#`, `\` and
+//!   control bytes as `\xHH`, so a field never contains a separator.
+//! - START, END, OFFSET and ADDR are hex, written without a prefix (as in `/proc/PID/maps`
+//!   and `/proc/kallsyms`); `0x` is accepted. `cr3` is hex written with `0x`; `from`/`to`
+//!   are host TSC values in decimal (`0x` hex accepted).
+//! - MODULE is written bare; `[ext4]` as `/proc/kallsyms` prints it is accepted too.
+//! - `cr3` is written as the VMCS holds it after [`normalize_cr3`]; the reader keeps what
+//!   it reads, [`Proc::cr3_key`] normalises.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+
+/// The format version this module reads and writes.
+pub const VERSION: u32 = 1;
+
+/// Prefix of bundle lines on a guest console (`[NAME] @gk gk-bundle 1`).
+pub const CONSOLE_PREFIX: &str = "@gk ";
+
+/// CR3 bits that are not part of the page-table root: PCID / flags (bits 0-11), the KPTI
+/// user half of an 8 KiB PGD pair (bit 12) and the no-flush hint (bit 63).
+pub const CR3_IGNORED_BITS: u64 = 0xfff | 1 << 12 | 1 << 63;
+
+/// The process key of a CR3 value: the page-table root with PCID, KPTI user/kernel half
+/// and no-flush bits cleared (see `platform-notes.md`, "Linux as a guest").
+///
+/// A guest that does not use KPTI must keep its page-table roots 8 KiB aligned, or two
+/// roots 4 KiB apart would share a key.
+pub const fn normalize_cr3(cr3: u64) -> u64 {
+    cr3 & !CR3_IGNORED_BITS
+}
+
+/// One guest's bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bundle {
+    /// VM name (`vm NAME`).
+    pub vm: String,
+    /// Processes (`proc` lines), in file order.
+    pub procs: Vec<Proc>,
+    /// Objects mapped into processes (`map` lines).
+    pub maps: Vec<Map>,
+    /// The kernel image and modules (`kmap` lines).
+    pub kmaps: Vec<KMap>,
+    /// Kernel symbols (`ksym` lines).
+    pub ksyms: Vec<KSym>,
+}
+
+/// A guest process and the CR3 that identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub comm: String,
+    /// `None` when the collector could not read it (`cr3=?`).
+    pub cr3: Option<u64>,
+    /// Host TSC from which this CR3 belongs to this process (CR3 values are reused).
+    pub from: Option<u64>,
+    /// Host TSC until which this CR3 belongs to this process.
+    pub to: Option<u64>,
+}
+
+impl Proc {
+    /// The normalised CR3 ([`normalize_cr3`]) used to match samples, if known.
+    pub fn cr3_key(&self) -> Option<u64> {
+        self.cr3.map(normalize_cr3)
+    }
+}
+
+/// An object mapped into a process: `[start, end)` of `pid`'s address space shows `path`
+/// from file offset `offset` on (as in `/proc/PID/maps`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Map {
+    pub pid: u32,
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub path: String,
+}
+
+/// The kernel image or a module at `[start, end)` of the kernel address space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KMap {
+    pub start: u64,
+    pub end: u64,
+    pub path: String,
+}
+
+/// One `/proc/kallsyms` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KSym {
+    pub addr: u64,
+    /// The kallsyms type letter (`T`, `t`, `D`...).
+    pub kind: char,
+    pub name: String,
+    /// The module the symbol belongs to, `None` for the kernel image.
+    pub module: Option<String>,
+}
+
+/// Why a bundle could not be read. `Display` gives `line N: <what is wrong>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {kind}")]
+pub struct ParseError {
+    /// 1-based line number (the last line + 1 for something missing at the end).
+    pub line: usize,
+    pub kind: ParseErrorKind,
+}
+
+/// What is wrong with a bundle line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseErrorKind {
+    #[error("expected the header `gk-bundle {VERSION}` before any record, found `{0}`")]
+    MissingHeader(String),
+    #[error("no `gk-bundle {VERSION}` header (the bundle is empty)")]
+    Empty,
+    #[error("unsupported bundle version `{0}` (this reader knows {VERSION})")]
+    UnsupportedVersion(String),
+    #[error("second `gk-bundle` header")]
+    DuplicateHeader,
+    #[error("second `vm` line (the bundle already names VM `{0}`)")]
+    DuplicateVm(String),
+    #[error("no `vm NAME` line")]
+    MissingVm,
+    #[error("unknown record `{0}` (expected vm, proc, map, kmap or ksym)")]
+    UnknownRecord(String),
+    #[error("`{record}` needs {field}")]
+    MissingField {
+        record: &'static str,
+        field: &'static str,
+    },
+    #[error("`{record}` has an unexpected extra field `{extra}`")]
+    ExtraField { record: &'static str, extra: String },
+    #[error("{field} `{value}` is not a valid {radix} number")]
+    BadNumber {
+        field: &'static str,
+        value: String,
+        radix: &'static str,
+    },
+    #[error("unknown proc option `{0}` (expected cr3=, from= or to=)")]
+    UnknownOption(String),
+    #[error("proc option `{0}` given twice")]
+    DuplicateOption(&'static str),
+    #[error("proc has no `cr3=` (write `cr3=?` when it is unknown)")]
+    MissingCr3,
+    #[error("range start {start:#x} is not below end {end:#x}")]
+    EmptyRange { start: u64, end: u64 },
+    #[error("ksym type `{0}` is not a single letter")]
+    BadSymbolType(String),
+    #[error("bad escape in `{0}` (expected \\xHH)")]
+    BadEscape(String),
+    #[error("`{0}` is not UTF-8 once unescaped")]
+    BadUtf8(String),
+}
+
+impl Bundle {
+    /// Parses a bundle. Never panics; the first error is returned with its line number.
+    pub fn parse(text: &str) -> Result<Bundle, ParseError> {
+        let mut bundle = Bundle::default();
+        let mut vm: Option<String> = None;
+        let mut header_seen = false;
+        let mut last_line = 0;
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            last_line = line;
+            let content = raw.split('#').next().unwrap_or("");
+            let mut fields = content.split([' ', '\t']).filter(|f| !f.is_empty());
+            let Some(record) = fields.next() else {
+                continue;
+            };
+            let err = |kind| ParseError { line, kind };
+            if !header_seen {
+                if record != "gk-bundle" {
+                    return Err(err(ParseErrorKind::MissingHeader(record.to_string())));
+                }
+                let version = fields.next().unwrap_or("");
+                if version != VERSION.to_string() {
+                    return Err(err(ParseErrorKind::UnsupportedVersion(version.to_string())));
+                }
+                no_more(&mut fields, "gk-bundle").map_err(err)?;
+                header_seen = true;
+                continue;
+            }
+            match record {
+                "gk-bundle" => return Err(err(ParseErrorKind::DuplicateHeader)),
+                "vm" => {
+                    let name = text_field(&mut fields, "vm", "a NAME").map_err(err)?;
+                    no_more(&mut fields, "vm").map_err(err)?;
+                    if let Some(previous) = vm {
+                        return Err(err(ParseErrorKind::DuplicateVm(previous)));
+                    }
+                    vm = Some(name);
+                }
+                "proc" => bundle.procs.push(parse_proc(&mut fields).map_err(err)?),
+                "map" => bundle.maps.push(parse_map(&mut fields).map_err(err)?),
+                "kmap" => bundle.kmaps.push(parse_kmap(&mut fields).map_err(err)?),
+                "ksym" => bundle.ksyms.push(parse_ksym(&mut fields).map_err(err)?),
+                other => return Err(err(ParseErrorKind::UnknownRecord(other.to_string()))),
+            }
+        }
+        let end = ParseError {
+            line: last_line + 1,
+            kind: ParseErrorKind::Empty,
+        };
+        if !header_seen {
+            return Err(end);
+        }
+        bundle.vm = vm.ok_or(ParseError {
+            kind: ParseErrorKind::MissingVm,
+            ..end
+        })?;
+        Ok(bundle)
+    }
+
+    /// Writes the bundle in the text format; [`Bundle::parse`] reads it back unchanged.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = self.write(&mut out);
+        out
+    }
+
+    /// Writes the bundle in the text format.
+    pub fn write(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        writeln!(out, "gk-bundle {VERSION}")?;
+        writeln!(out, "vm {}", Escaped(&self.vm))?;
+        for p in &self.procs {
+            write!(out, "proc {} {} ", p.pid, Escaped(&p.comm))?;
+            match p.cr3 {
+                Some(cr3) => write!(out, "cr3={cr3:#x}")?,
+                None => out.write_str("cr3=?")?,
+            }
+            if let Some(from) = p.from {
+                write!(out, " from={from}")?;
+            }
+            if let Some(to) = p.to {
+                write!(out, " to={to}")?;
+            }
+            out.write_char('\n')?;
+        }
+        for m in &self.maps {
+            writeln!(
+                out,
+                "map {} {:x} {:x} {:x} {}",
+                m.pid,
+                m.start,
+                m.end,
+                m.offset,
+                Escaped(&m.path)
+            )?;
+        }
+        for k in &self.kmaps {
+            writeln!(out, "kmap {:x} {:x} {}", k.start, k.end, Escaped(&k.path))?;
+        }
+        for s in &self.ksyms {
+            write!(out, "ksym {:x} {} {}", s.addr, s.kind, Escaped(&s.name))?;
+            if let Some(module) = &s.module {
+                write!(out, " {}", Escaped(module))?;
+            }
+            out.write_char('\n')?;
+        }
+        Ok(())
+    }
+}
+
+/// Bundle text per VM picked out of a console log: every `[NAME] @gk REST` line adds
+/// `REST` to NAME's bundle (as the hypervisor relays guest consoles); a bare `@gk REST`
+/// line (a guest console read directly) goes to the name `""`. Other lines are ignored.
+pub fn bundles_from_console(console: &str) -> BTreeMap<String, String> {
+    let mut found: BTreeMap<String, String> = BTreeMap::new();
+    for line in console.lines() {
+        let line = line.trim_end_matches('\r');
+        let (name, rest) = match line.strip_prefix('[').and_then(|l| l.split_once("] ")) {
+            Some((name, rest)) => (name, rest),
+            None => ("", line),
+        };
+        if let Some(record) = rest.strip_prefix(CONSOLE_PREFIX) {
+            let text = found.entry(name.to_string()).or_default();
+            text.push_str(record);
+            text.push('\n');
+        }
+    }
+    found
+}
+
+/// [`bundles_from_console`], each bundle parsed.
+pub fn parse_console(console: &str) -> BTreeMap<String, Result<Bundle, ParseError>> {
+    bundles_from_console(console)
+        .into_iter()
+        .map(|(name, text)| {
+            let parsed = Bundle::parse(&text);
+            (name, parsed)
+        })
+        .collect()
+}
+
+type Fields<'a, 'b> = &'b mut dyn Iterator<Item = &'a str>;
+
+fn parse_proc(fields: Fields) -> Result<Proc, ParseErrorKind> {
+    let pid = dec_field(fields, "proc", "PID")?;
+    let comm = text_field(fields, "proc", "a COMM")?;
+    let (mut cr3, mut from, mut to) = (None, None, None);
+    for option in fields {
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        let (slot, name) = match key {
+            "cr3" => (&mut cr3, "cr3"),
+            "from" => (&mut from, "from"),
+            "to" => (&mut to, "to"),
+            _ => return Err(ParseErrorKind::UnknownOption(option.to_string())),
+        };
+        if slot.is_some() {
+            return Err(ParseErrorKind::DuplicateOption(name));
+        }
+        *slot = Some(match (name, value) {
+            ("cr3", "?") => None,
+            ("cr3", _) => Some(parse_hex(value, "cr3")?),
+            _ => Some(parse_dec_or_hex(value, name)?),
+        });
+    }
+    let cr3 = cr3.ok_or(ParseErrorKind::MissingCr3)?;
+    Ok(Proc {
+        pid,
+        comm,
+        cr3,
+        from: from.flatten(),
+        to: to.flatten(),
+    })
+}
+
+fn parse_map(fields: Fields) -> Result<Map, ParseErrorKind> {
+    let pid = dec_field(fields, "map", "PID")?;
+    let start = hex_field(fields, "map", "START")?;
+    let end = hex_field(fields, "map", "END")?;
+    let offset = hex_field(fields, "map", "OFFSET")?;
+    let path = text_field(fields, "map", "a PATH")?;
+    no_more(fields, "map")?;
+    check_range(start, end)?;
+    Ok(Map {
+        pid,
+        start,
+        end,
+        offset,
+        path,
+    })
+}
+
+fn parse_kmap(fields: Fields) -> Result<KMap, ParseErrorKind> {
+    let start = hex_field(fields, "kmap", "START")?;
+    let end = hex_field(fields, "kmap", "END")?;
+    let path = text_field(fields, "kmap", "a PATH")?;
+    no_more(fields, "kmap")?;
+    check_range(start, end)?;
+    Ok(KMap { start, end, path })
+}
+
+fn parse_ksym(fields: Fields) -> Result<KSym, ParseErrorKind> {
+    let addr = hex_field(fields, "ksym", "ADDR")?;
+    let kind = fields.next().ok_or(ParseErrorKind::MissingField {
+        record: "ksym",
+        field: "a TYPE",
+    })?;
+    let mut chars = kind.chars();
+    let kind = match (chars.next(), chars.next()) {
+        (Some(c), None) if c.is_ascii_alphabetic() => c,
+        _ => return Err(ParseErrorKind::BadSymbolType(kind.to_string())),
+    };
+    let name = text_field(fields, "ksym", "a NAME")?;
+    let module = match fields.next() {
+        None => None,
+        Some(m) => {
+            let bare = m
+                .strip_prefix('[')
+                .and_then(|m| m.strip_suffix(']'))
+                .unwrap_or(m);
+            Some(unescape(bare)?)
+        }
+    };
+    no_more(fields, "ksym")?;
+    Ok(KSym {
+        addr,
+        kind,
+        name,
+        module,
+    })
+}
+
+fn no_more(fields: Fields, record: &'static str) -> Result<(), ParseErrorKind> {
+    match fields.next() {
+        None => Ok(()),
+        Some(extra) => Err(ParseErrorKind::ExtraField {
+            record,
+            extra: extra.to_string(),
+        }),
+    }
+}
+
+fn check_range(start: u64, end: u64) -> Result<(), ParseErrorKind> {
+    if start < end {
+        Ok(())
+    } else {
+        Err(ParseErrorKind::EmptyRange { start, end })
+    }
+}
+
+fn next_field<'a>(
+    fields: &mut dyn Iterator<Item = &'a str>,
+    record: &'static str,
+    field: &'static str,
+) -> Result<&'a str, ParseErrorKind> {
+    fields
+        .next()
+        .ok_or(ParseErrorKind::MissingField { record, field })
+}
+
+fn text_field(
+    fields: Fields,
+    record: &'static str,
+    field: &'static str,
+) -> Result<String, ParseErrorKind> {
+    unescape(next_field(fields, record, field)?)
+}
+
+fn hex_field(
+    fields: Fields,
+    record: &'static str,
+    field: &'static str,
+) -> Result<u64, ParseErrorKind> {
+    parse_hex(next_field(fields, record, field)?, field)
+}
+
+fn dec_field(
+    fields: Fields,
+    record: &'static str,
+    field: &'static str,
+) -> Result<u32, ParseErrorKind> {
+    let value = next_field(fields, record, field)?;
+    value.parse().map_err(|_| ParseErrorKind::BadNumber {
+        field,
+        value: value.to_string(),
+        radix: "decimal",
+    })
+}
+
+fn parse_hex(value: &str, field: &'static str) -> Result<u64, ParseErrorKind> {
+    let digits = value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+        .unwrap_or(value);
+    // from_str_radix accepts a leading '+'; the format does not.
+    if digits.starts_with('+') {
+        return Err(bad_hex(value, field));
+    }
+    u64::from_str_radix(digits, 16).map_err(|_| bad_hex(value, field))
+}
+
+fn bad_hex(value: &str, field: &'static str) -> ParseErrorKind {
+    ParseErrorKind::BadNumber {
+        field,
+        value: value.to_string(),
+        radix: "hex",
+    }
+}
+
+fn parse_dec_or_hex(value: &str, field: &'static str) -> Result<u64, ParseErrorKind> {
+    if value.starts_with("0x") || value.starts_with("0X") {
+        return parse_hex(value, field);
+    }
+    if value.starts_with('+') {
+        return Err(ParseErrorKind::BadNumber {
+            field,
+            value: value.to_string(),
+            radix: "decimal",
+        });
+    }
+    value.parse().map_err(|_| ParseErrorKind::BadNumber {
+        field,
+        value: value.to_string(),
+        radix: "decimal",
+    })
+}
+
+fn needs_escape(b: u8) -> bool {
+    b <= b' ' || b == b'#' || b == b'\\' || b == 0x7f
+}
+
+/// A text field as written: separators, `#`, `\` and control bytes as `\xHH`.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match u8::try_from(c) {
+                Ok(b) if needs_escape(b) => write!(f, "\\x{b:02x}")?,
+                _ => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Escapes a text field the way the writer does (for other tools that print bundle lines).
+pub fn escape(text: &str) -> String {
+    Escaped(text).to_string()
+}
+
+fn unescape(field: &str) -> Result<String, ParseErrorKind> {
+    if !field.contains('\\') {
+        return Ok(field.to_string());
+    }
+    let bad = || ParseErrorKind::BadEscape(field.to_string());
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let hex = bytes.get(i + 1..i + 4).ok_or_else(bad)?;
+        let digits = match hex {
+            [b'x', hi, lo] => [*hi, *lo],
+            _ => return Err(bad()),
+        };
+        let digits = std::str::from_utf8(&digits).map_err(|_| bad())?;
+        if digits.starts_with('+') {
+            return Err(bad());
+        }
+        out.push(u8::from_str_radix(digits, 16).map_err(|_| bad())?);
+        i += 4;
+    }
+    String::from_utf8(out).map_err(|_| ParseErrorKind::BadUtf8(field.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+# written by hand
+gk-bundle 1
+vm web1
+proc 1 init cr3=0x1234000 from=100 to=0x200
+proc 42 kworker/0:1 cr3=?   # kernel thread
+map 42 400000 452000 0 /usr/bin/foo
+map 42 7f0000001000 7f0000002000 1000 /lib/x86_64-linux-gnu/libc.so.6
+kmap ffffffff81000000 ffffffff83000000 vmlinux
+ksym ffffffff81000000 T _text
+ksym ffffffffc0000000 t ext4_fill_super [ext4]
+";
+
+    fn sample() -> Bundle {
+        Bundle {
+            vm: "web1".into(),
+            procs: vec![
+                Proc {
+                    pid: 1,
+                    comm: "init".into(),
+                    cr3: Some(0x123_4000),
+                    from: Some(100),
+                    to: Some(0x200),
+                },
+                Proc {
+                    pid: 42,
+                    comm: "kworker/0:1".into(),
+                    cr3: None,
+                    from: None,
+                    to: None,
+                },
+            ],
+            maps: vec![
+                Map {
+                    pid: 42,
+                    start: 0x40_0000,
+                    end: 0x45_2000,
+                    offset: 0,
+                    path: "/usr/bin/foo".into(),
+                },
+                Map {
+                    pid: 42,
+                    start: 0x7f00_0000_1000,
+                    end: 0x7f00_0000_2000,
+                    offset: 0x1000,
+                    path: "/lib/x86_64-linux-gnu/libc.so.6".into(),
+                },
+            ],
+            kmaps: vec![KMap {
+                start: 0xffff_ffff_8100_0000,
+                end: 0xffff_ffff_8300_0000,
+                path: "vmlinux".into(),
+            }],
+            ksyms: vec![
+                KSym {
+                    addr: 0xffff_ffff_8100_0000,
+                    kind: 'T',
+                    name: "_text".into(),
+                    module: None,
+                },
+                KSym {
+                    addr: 0xffff_ffff_c000_0000,
+                    kind: 't',
+                    name: "ext4_fill_super".into(),
+                    module: Some("ext4".into()),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn parses_every_record_kind() {
+        assert_eq!(Bundle::parse(SAMPLE), Ok(sample()));
+    }
+
+    #[test]
+    fn writer_output_is_exact_and_round_trips() {
+        let text = sample().to_text();
+        assert_eq!(
+            text,
+            "gk-bundle 1\nvm web1\n\
+             proc 1 init cr3=0x1234000 from=100 to=512\n\
+             proc 42 kworker/0:1 cr3=?\n\
+             map 42 400000 452000 0 /usr/bin/foo\n\
+             map 42 7f0000001000 7f0000002000 1000 /lib/x86_64-linux-gnu/libc.so.6\n\
+             kmap ffffffff81000000 ffffffff83000000 vmlinux\n\
+             ksym ffffffff81000000 T _text\n\
+             ksym ffffffffc0000000 t ext4_fill_super ext4\n"
+        );
+        assert_eq!(Bundle::parse(&text), Ok(sample()));
+    }
+
+    #[test]
+    fn awkward_text_fields_round_trip() {
+        let mut b = sample();
+        b.vm = "my vm#2".into();
+        b.procs[0].comm = "Web Content".into();
+        b.maps[0].path = "/tmp/a b\\c#d\te (deleted)".into();
+        b.ksyms[0].name = "überfunc".into();
+        let text = b.to_text();
+        assert!(text.contains("vm my\\x20vm\\x232\n"), "{text}");
+        assert!(text.contains("proc 1 Web\\x20Content cr3="), "{text}");
+        assert!(
+            text.contains(" /tmp/a\\x20b\\x5cc\\x23d\\x09e\\x20(deleted)\n"),
+            "{text}"
+        );
+        assert_eq!(Bundle::parse(&text), Ok(b));
+    }
+
+    #[test]
+    fn normalize_cr3_clears_pcid_kpti_and_noflush_bits() {
+        assert_eq!(normalize_cr3(0x8000_0000_1234_3005), 0x1234_2000);
+        assert_eq!(normalize_cr3(0x1234_2000), 0x1234_2000);
+        let p = Proc {
+            pid: 1,
+            comm: "a".into(),
+            cr3: Some(0x5003),
+            from: None,
+            to: None,
+        };
+        assert_eq!(p.cr3_key(), Some(0x4000));
+    }
+
+    fn error(text: &str) -> String {
+        match Bundle::parse(text) {
+            Ok(b) => panic!("parsed {b:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    #[rustfmt::skip] // one case a line reads better as a table
+    fn errors_name_the_line_and_the_problem() {
+        let h = "gk-bundle 1\nvm a\n";
+        let cases: &[(String, &str)] = &[
+            ("".into(), "line 1: no `gk-bundle 1` header (the bundle is empty)"),
+            ("# only\n\n".into(), "line 3: no `gk-bundle 1` header (the bundle is empty)"),
+            ("vm a\n".into(), "line 1: expected the header `gk-bundle 1` before any record, found `vm`"),
+            ("gk-bundle 2\n".into(), "line 1: unsupported bundle version `2` (this reader knows 1)"),
+            ("gk-bundle\n".into(), "line 1: unsupported bundle version `` (this reader knows 1)"),
+            ("gk-bundle 1 x\n".into(), "line 1: `gk-bundle` has an unexpected extra field `x`"),
+            ("gk-bundle 1\n".into(), "line 2: no `vm NAME` line"),
+            (format!("{h}gk-bundle 1\n"), "line 3: second `gk-bundle` header"),
+            (format!("{h}vm b\n"), "line 3: second `vm` line (the bundle already names VM `a`)"),
+            ("gk-bundle 1\nvm\n".into(), "line 2: `vm` needs a NAME"),
+            (format!("{h}thread 1\n"), "line 3: unknown record `thread` (expected vm, proc, map, kmap or ksym)"),
+            (format!("{h}proc\n"), "line 3: `proc` needs PID"),
+            (format!("{h}proc x a cr3=0x1\n"), "line 3: PID `x` is not a valid decimal number"),
+            (format!("{h}proc -1 a cr3=0x1\n"), "line 3: PID `-1` is not a valid decimal number"),
+            (format!("{h}proc 1\n"), "line 3: `proc` needs a COMM"),
+            (format!("{h}proc 1 a\n"), "line 3: proc has no `cr3=` (write `cr3=?` when it is unknown)"),
+            (format!("{h}proc 1 a cr3=0xzz\n"), "line 3: cr3 `0xzz` is not a valid hex number"),
+            (format!("{h}proc 1 a cr3=\n"), "line 3: cr3 `` is not a valid hex number"),
+            (format!("{h}proc 1 a cr3=0x1 cr3=0x2\n"), "line 3: proc option `cr3` given twice"),
+            (format!("{h}proc 1 a cr3=0x1 pgd=3\n"), "line 3: unknown proc option `pgd=3` (expected cr3=, from= or to=)"),
+            (format!("{h}proc 1 a cr3=0x1 from=+5\n"), "line 3: from `+5` is not a valid decimal number"),
+            (format!("{h}proc 1 a cr3=0x1 to=99999999999999999999\n"), "line 3: to `99999999999999999999` is not a valid decimal number"),
+            (format!("{h}map 1 2000 1000 0 /x\n"), "line 3: range start 0x2000 is not below end 0x1000"),
+            (format!("{h}map 1 1000 2000 0\n"), "line 3: `map` needs a PATH"),
+            (format!("{h}map 1 1000 2000 0 /x y\n"), "line 3: `map` has an unexpected extra field `y`"),
+            (format!("{h}map 1 10000000000000000 2000 0 /x\n"), "line 3: START `10000000000000000` is not a valid hex number"),
+            (format!("{h}kmap 1000\n"), "line 3: `kmap` needs END"),
+            (format!("{h}kmap 1000 1000 vmlinux\n"), "line 3: range start 0x1000 is not below end 0x1000"),
+            (format!("{h}ksym ffff TT x\n"), "line 3: ksym type `TT` is not a single letter"),
+            (format!("{h}ksym ffff T\n"), "line 3: `ksym` needs a NAME"),
+            (format!("{h}ksym ffff T a m z\n"), "line 3: `ksym` has an unexpected extra field `z`"),
+            (format!("{h}map 1 1000 2000 0 /x\\q\n"), "line 3: bad escape in `/x\\q` (expected \\xHH)"),
+            (format!("{h}map 1 1000 2000 0 /x\\x2\n"), "line 3: bad escape in `/x\\x2` (expected \\xHH)"),
+            (format!("{h}map 1 1000 2000 0 /x\\xff\n"), "line 3: `/x\\xff` is not UTF-8 once unescaped"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&error(text), want, "input {text:?}");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // Every prefix and every single-byte corruption of a valid bundle.
+        let text = sample().to_text();
+        for end in 0..=text.len() {
+            if let Some(prefix) = text.get(..end) {
+                let _ = Bundle::parse(prefix);
+            }
+        }
+        let bytes = text.as_bytes();
+        for i in 0..bytes.len() {
+            for b in [b' ', b'#', b'\\', b'x', b'0', b'\n', b'=', 0xff] {
+                let mut v = bytes.to_vec();
+                v[i] = b;
+                let _ = Bundle::parse(&String::from_utf8_lossy(&v));
+            }
+        }
+    }
+
+    #[test]
+    fn console_lines_are_picked_per_vm() {
+        let console = "\
+hv: booting\r
+[alpha] @gk gk-bundle 1\r
+[beta] hello
+[beta] @gk gk-bundle 1
+[alpha] @gk vm alpha
+[beta] @gk vm beta
+[beta] @gk proc 2 sh cr3=0x4000
+@gk gk-bundle 1
+@gk vm bare
+[gamma] no bundle here
+[broken @gk vm x
+";
+        let found = bundles_from_console(console);
+        assert_eq!(found.keys().collect::<Vec<_>>(), vec!["", "alpha", "beta"]);
+        assert_eq!(found["alpha"], "gk-bundle 1\nvm alpha\n");
+        assert_eq!(
+            found["beta"],
+            "gk-bundle 1\nvm beta\nproc 2 sh cr3=0x4000\n"
+        );
+        assert_eq!(found[""], "gk-bundle 1\nvm bare\n");
+        let parsed = parse_console(console);
+        assert_eq!(parsed["beta"].as_ref().map(|b| b.procs.len()), Ok(1));
+        assert_eq!(parsed["alpha"].as_ref().map(|b| b.vm.as_str()), Ok("alpha"));
+    }
+}
