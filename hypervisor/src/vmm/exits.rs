@@ -1,0 +1,647 @@
+//! VM-exit decoding (reads the VMCS) kept apart from handling (acts on the vCPU, the VMCS
+//! and an [`ExitEnv`]), so every handler runs on the host with made-up exits.
+
+use crate::vmx::entry::reg;
+use crate::vmx::exit::{
+    CrAccessQualification, CrAccessType, EptViolationQualification, ExitReason, InterruptionInfo,
+    InterruptionType, IoQualification, RawExitReason, vector,
+};
+use crate::vmx::msr::Msr;
+use crate::vmx::vmcs::{
+    ControlNW, Guest32, GuestNW, ReadOnly32, ReadOnly64, ReadOnlyNW, Vmcs, access_rights,
+};
+use crate::vmx::{cr0, rflags};
+
+use super::msrs::{self, MsrAction};
+use super::uart::{COM1_BASE, Uart16550};
+use super::vcpu::{GuestTimer, StopReason, Vcpu, Vm};
+
+/// Paravirtual call numbers (docs/contracts.md, "Guests").
+pub mod vmcall {
+    pub const SET_TIMER: u64 = 0x01;
+    pub const STOP: u64 = 0x02;
+    pub const TSC_NOW: u64 = 0x03;
+    /// RAX for an unknown call or one made outside CPL 0.
+    pub const ERROR: u64 = u64::MAX;
+}
+
+/// The CPUID leaf range a hypervisor announces itself in.
+pub const CPUID_HV_BASE: u32 = 0x4000_0000;
+/// "HVprofHVprof" in EBX, ECX, EDX of leaf 0x4000_0000.
+pub const CPUID_HV_SIGNATURE: [u8; 12] = *b"HVprofHVprof";
+
+/// CPUID.1 bits the guest must not see.
+pub mod cpuid1 {
+    pub const ECX_MONITOR: u32 = 1 << 3;
+    pub const ECX_VMX: u32 = 1 << 5;
+    pub const ECX_X2APIC: u32 = 1 << 21;
+    pub const ECX_TSC_DEADLINE: u32 = 1 << 24;
+    pub const ECX_XSAVE: u32 = 1 << 26;
+    pub const ECX_OSXSAVE: u32 = 1 << 27;
+    pub const ECX_AVX: u32 = 1 << 28;
+    pub const ECX_HYPERVISOR: u32 = 1 << 31;
+}
+
+/// One decoded VM exit: only the fields its reason needs are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmExit {
+    pub raw: RawExitReason,
+    pub qualification: u64,
+    pub rip: u64,
+    pub instruction_len: u64,
+    /// Exit interruption information (exception/NMI and external-interrupt exits).
+    pub interruption: InterruptionInfo,
+    /// Guest-physical address (EPT exits).
+    pub guest_physical: u64,
+    /// Guest SS access rights (its DPL is the CPL), read for VMCALL.
+    pub ss_access_rights: u64,
+}
+
+impl VmExit {
+    /// Reads the exit from the current VMCS.
+    pub fn decode(vmcs: &impl Vmcs) -> VmExit {
+        let raw = RawExitReason(vmcs.read(ReadOnly32::ExitReason) as u32);
+        let reason = raw.reason().ok();
+        let mut exit = VmExit {
+            raw,
+            qualification: vmcs.read(ReadOnlyNW::ExitQualification),
+            rip: vmcs.read(GuestNW::Rip),
+            instruction_len: 0,
+            interruption: InterruptionInfo(0),
+            guest_physical: 0,
+            ss_access_rights: 0,
+        };
+        match reason {
+            Some(ExitReason::ExceptionOrNmi | ExitReason::ExternalInterrupt) => {
+                exit.interruption =
+                    InterruptionInfo(vmcs.read(ReadOnly32::ExitInterruptionInfo) as u32);
+            }
+            Some(ExitReason::EptViolation | ExitReason::EptMisconfiguration) => {
+                exit.guest_physical = vmcs.read(ReadOnly64::GuestPhysicalAddress);
+            }
+            Some(ExitReason::Vmcall) => {
+                exit.instruction_len = vmcs.read(ReadOnly32::ExitInstructionLength);
+                exit.ss_access_rights = vmcs.read(Guest32::SsAccessRights);
+            }
+            Some(_) => exit.instruction_len = vmcs.read(ReadOnly32::ExitInstructionLength),
+            None => {}
+        }
+        exit
+    }
+}
+
+/// What handling an exit needs from outside the vCPU.
+pub trait ExitEnv {
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    fn host_rdmsr(&self, msr: Msr) -> u64;
+    fn tsc(&self) -> u64;
+    fn tsc_hz(&self) -> u64;
+    /// A complete line the guest printed on its console.
+    fn console_line(&mut self, vm: &str, line: &[u8]);
+}
+
+/// What the run loop must do after a handled exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Enter the guest again (it may have halted or stopped: see the vCPU/VM).
+    Continue,
+    /// An external interrupt was acknowledged on exit; the loop dispatches it (the sampling
+    /// vector takes a sample) and sends the EOI.
+    ExternalInterrupt(u8),
+    /// An NMI arrived in guest mode.
+    Nmi,
+}
+
+/// Handles one exit of `vm.vcpus[index]`.
+pub fn handle(
+    exit: &VmExit,
+    vm: &mut Vm,
+    index: usize,
+    vmcs: &mut impl Vmcs,
+    env: &mut impl ExitEnv,
+) -> Outcome {
+    let vcpu = &mut vm.vcpus[index];
+    let unhandled = StopReason::Unhandled {
+        reason: exit.raw.basic(),
+        qualification: exit.qualification,
+        rip: exit.rip,
+    };
+    if exit.raw.is_entry_failure() {
+        vm.stopped = Some(StopReason::EntryFailed {
+            reason: exit.raw.basic(),
+            qualification: exit.qualification,
+            rip: exit.rip,
+        });
+        return Outcome::Continue;
+    }
+    let Ok(reason) = exit.raw.reason() else {
+        vm.stopped = Some(unhandled);
+        return Outcome::Continue;
+    };
+    match reason {
+        ExitReason::ExternalInterrupt => {
+            return Outcome::ExternalInterrupt(exit.interruption.vector());
+        }
+        ExitReason::ExceptionOrNmi if exit.interruption.kind() == InterruptionType::Nmi => {
+            return Outcome::Nmi;
+        }
+        ExitReason::Cpuid => {
+            let leaf = vcpu.regs.0[reg::RAX] as u32;
+            let sub = vcpu.regs.0[reg::RCX] as u32;
+            let [a, b, c, d] = guest_cpuid(leaf, sub, env);
+            vcpu.regs.0[reg::RAX] = a as u64;
+            vcpu.regs.0[reg::RBX] = b as u64;
+            vcpu.regs.0[reg::RCX] = c as u64;
+            vcpu.regs.0[reg::RDX] = d as u64;
+            advance(vmcs, exit);
+        }
+        ExitReason::Rdmsr => {
+            let msr = Msr(vcpu.regs.0[reg::RCX] as u32);
+            let value = match msrs::on_read(msr) {
+                MsrAction::Read(v) => Some(v),
+                MsrAction::ReadHost => Some(env.host_rdmsr(msr)),
+                MsrAction::IgnoreWrite | MsrAction::Fault => None,
+            };
+            match value {
+                Some(v) => {
+                    vcpu.regs.0[reg::RAX] = v & 0xffff_ffff;
+                    vcpu.regs.0[reg::RDX] = v >> 32;
+                    advance(vmcs, exit);
+                }
+                None => inject_gp(vcpu),
+            }
+        }
+        ExitReason::Wrmsr => match msrs::on_write(Msr(vcpu.regs.0[reg::RCX] as u32)) {
+            MsrAction::IgnoreWrite => advance(vmcs, exit),
+            _ => inject_gp(vcpu),
+        },
+        ExitReason::Hlt => {
+            vcpu.halted = true;
+            advance(vmcs, exit);
+        }
+        ExitReason::Vmcall => {
+            let cpl = access_rights::dpl(exit.ss_access_rights);
+            let rax = vcpu.regs.0[reg::RAX];
+            let result = if cpl != 0 {
+                vmcall::ERROR
+            } else {
+                match rax {
+                    vmcall::SET_TIMER => {
+                        let ns = vcpu.regs.0[reg::RBX];
+                        let ticks = (ns as u128 * env.tsc_hz() as u128 / 1_000_000_000) as u64;
+                        vcpu.timer = Some(GuestTimer {
+                            deadline_tsc: env.tsc().saturating_add(ticks),
+                            vector: vcpu.regs.0[reg::RCX] as u8,
+                        });
+                        0
+                    }
+                    vmcall::STOP => {
+                        vm.stopped = Some(StopReason::Requested {
+                            status: vcpu.regs.0[reg::RBX],
+                        });
+                        0
+                    }
+                    vmcall::TSC_NOW => env.tsc(),
+                    _ => vmcall::ERROR,
+                }
+            };
+            vcpu.regs.0[reg::RAX] = result;
+            advance(vmcs, exit);
+        }
+        ExitReason::IoInstruction => {
+            let io = IoQualification::decode(exit.qualification);
+            if io.is_string {
+                vcpu.io.string_ops += 1;
+                vcpu.io.last_port = io.port;
+            } else if Uart16550::decodes(io.port) {
+                let offset = io.port - COM1_BASE;
+                if io.is_in {
+                    let v = vm.uart.read(offset) as u64;
+                    set_low_bytes(&mut vcpu.regs.0[reg::RAX], io.size, v | !0xff);
+                } else if let Some(line) = vm.uart.write(offset, vcpu.regs.0[reg::RAX] as u8) {
+                    env.console_line(vm.name, line);
+                }
+            } else if io.is_in {
+                vcpu.io.reads += 1;
+                vcpu.io.last_port = io.port;
+                set_low_bytes(&mut vcpu.regs.0[reg::RAX], io.size, u64::MAX);
+            } else {
+                vcpu.io.writes += 1;
+                vcpu.io.last_port = io.port;
+            }
+            advance(vmcs, exit);
+        }
+        ExitReason::CrAccess => {
+            if !cr_access(exit, vcpu, vmcs) {
+                vm.stopped = Some(unhandled);
+                return Outcome::Continue;
+            }
+            advance(vmcs, exit);
+        }
+        ExitReason::EptViolation => {
+            let q = EptViolationQualification::decode(exit.qualification);
+            vm.stopped = Some(StopReason::EptViolation {
+                gpa: exit.guest_physical,
+                access: q.access_name(),
+                rip: exit.rip,
+            });
+        }
+        ExitReason::TripleFault => vm.stopped = Some(StopReason::TripleFault { rip: exit.rip }),
+        ExitReason::PreemptionTimer | ExitReason::InterruptWindow => {}
+        ExitReason::Invd | ExitReason::Wbinvd => advance(vmcs, exit),
+        ExitReason::Mwait
+        | ExitReason::Monitor
+        | ExitReason::Vmclear
+        | ExitReason::Vmlaunch
+        | ExitReason::Vmptrld
+        | ExitReason::Vmptrst
+        | ExitReason::Vmread
+        | ExitReason::Vmresume
+        | ExitReason::Vmwrite
+        | ExitReason::Vmxoff
+        | ExitReason::Vmxon
+        | ExitReason::Invept
+        | ExitReason::Invvpid
+        | ExitReason::Getsec => {
+            vcpu.pending_exception = Some((
+                InterruptionInfo::new(InterruptionType::HardwareException, vector::UD, false),
+                0,
+            ));
+        }
+        _ => vm.stopped = Some(unhandled),
+    }
+    Outcome::Continue
+}
+
+/// CPUID as the guest sees it: the host's values without VMX, MONITOR, x2APIC,
+/// TSC-deadline, XSAVE/AVX and the PMU, with the hypervisor bit and leaf 0x4000_0000.
+pub fn guest_cpuid(leaf: u32, sub: u32, env: &impl ExitEnv) -> [u32; 4] {
+    use cpuid1::*;
+    match leaf {
+        1 => {
+            let [a, b, c, d] = env.host_cpuid(1, sub);
+            let hide = ECX_MONITOR
+                | ECX_VMX
+                | ECX_X2APIC
+                | ECX_TSC_DEADLINE
+                | ECX_XSAVE
+                | ECX_OSXSAVE
+                | ECX_AVX;
+            [a, b, (c & !hide) | ECX_HYPERVISOR, d]
+        }
+        // MONITOR/MWAIT, architectural perfmon, XSAVE: absent.
+        5 | 0xa | 0xd => [0; 4],
+        CPUID_HV_BASE => {
+            let s = CPUID_HV_SIGNATURE;
+            let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+            [CPUID_HV_BASE + 1, w(0), w(4), w(8)]
+        }
+        l if (CPUID_HV_BASE + 1..CPUID_HV_BASE + 0x100).contains(&l) => [0; 4],
+        _ => env.host_cpuid(leaf, sub),
+    }
+}
+
+/// Writes `value`'s low `size` bytes into `reg`, keeping the rest (IN AL/AX/EAX; a 32-bit
+/// IN zero-extends into RAX).
+fn set_low_bytes(reg: &mut u64, size: u8, value: u64) {
+    match size {
+        1 => *reg = (*reg & !0xff) | (value & 0xff),
+        2 => *reg = (*reg & !0xffff) | (value & 0xffff),
+        _ => *reg = value & 0xffff_ffff,
+    }
+}
+
+fn advance(vmcs: &mut impl Vmcs, exit: &VmExit) {
+    // A failed VMWRITE of guest RIP cannot happen for a valid current VMCS; if it did, the
+    // guest would re-execute the instruction and exit again, which the counters show.
+    let _ = vmcs.write(GuestNW::Rip, exit.rip.wrapping_add(exit.instruction_len));
+}
+
+fn inject_gp(vcpu: &mut Vcpu) {
+    vcpu.pending_exception = Some((
+        InterruptionInfo::new(InterruptionType::HardwareException, vector::GP, true),
+        0,
+    ));
+}
+
+/// MOV to CR0/CR4, CLTS and LMSW against the guest/host masks; MOV to/from CR3 when the
+/// CPU forces CR3 exiting. Returns false for an access it does not emulate.
+fn cr_access(exit: &VmExit, vcpu: &mut Vcpu, vmcs: &mut impl Vmcs) -> bool {
+    let q = CrAccessQualification::decode(exit.qualification);
+    let gpr = q.gpr as usize;
+    let value = if gpr == reg::RSP {
+        vmcs.read(GuestNW::Rsp)
+    } else {
+        vcpu.regs.0[gpr]
+    };
+    match (q.access, q.cr) {
+        (CrAccessType::MovToCr, 0) => set_cr0(vcpu, vmcs, value),
+        (CrAccessType::MovToCr, 4) => {
+            let mask = vmcs.read(ControlNW::Cr4GuestHostMask);
+            vcpu.cr4_shadow = value;
+            let _ = vmcs.write(ControlNW::Cr4ReadShadow, value);
+            let _ = vmcs.write(
+                GuestNW::Cr4,
+                (value & !mask) | (vmcs.read(GuestNW::Cr4) & mask),
+            );
+        }
+        (CrAccessType::MovToCr, 3) => {
+            let _ = vmcs.write(GuestNW::Cr3, value);
+        }
+        (CrAccessType::MovFromCr, 3) => {
+            let v = vmcs.read(GuestNW::Cr3);
+            if gpr == reg::RSP {
+                let _ = vmcs.write(GuestNW::Rsp, v);
+            } else {
+                vcpu.regs.0[gpr] = v;
+            }
+        }
+        (CrAccessType::Clts, 0) => set_cr0(vcpu, vmcs, vcpu.cr0_shadow & !(1 << 3)),
+        (CrAccessType::Lmsw, 0) => {
+            // LMSW changes PE, MP, EM, TS only, and cannot clear PE.
+            let low = q.lmsw_source as u64 & 0xf;
+            let v = (vcpu.cr0_shadow & !0xe) | low | (vcpu.cr0_shadow & cr0::PE);
+            set_cr0(vcpu, vmcs, v)
+        }
+        _ => return false,
+    }
+    true
+}
+
+fn set_cr0(vcpu: &mut Vcpu, vmcs: &mut impl Vmcs, value: u64) {
+    let mask = vmcs.read(ControlNW::Cr0GuestHostMask);
+    vcpu.cr0_shadow = value;
+    let _ = vmcs.write(ControlNW::Cr0ReadShadow, value);
+    // Bits the host owns keep their forced values; the guest owns the rest.
+    let _ = vmcs.write(
+        GuestNW::Cr0,
+        (value & !mask) | (vmcs.read(GuestNW::Cr0) & mask),
+    );
+}
+
+/// Whether the guest can take an external interrupt now: RFLAGS.IF set and no STI/MOV-SS
+/// blocking (interruptibility state bits 0-1).
+pub fn interrupt_window_open(vmcs: &impl Vmcs) -> bool {
+    vmcs.read(GuestNW::Rflags) & rflags::IF != 0
+        && vmcs.read(Guest32::InterruptibilityState) & 0x3 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmx::vmcs::VmcsField;
+    use crate::vmx::vmcs::mock::MockVmcs;
+
+    #[derive(Default)]
+    struct Env {
+        lines: Vec<String>,
+        tsc: u64,
+    }
+
+    impl ExitEnv for Env {
+        fn host_cpuid(&self, leaf: u32, _sub: u32) -> [u32; 4] {
+            match leaf {
+                1 => [0x906ea, 0x0010_0800, 0x7ffa_fbbf, 0xbfeb_fbff],
+                0xa => [0x0730_0404, 0, 0, 0x603],
+                _ => [leaf, 0, 0, 0],
+            }
+        }
+        fn host_rdmsr(&self, msr: Msr) -> u64 {
+            0x1000 + msr.0 as u64
+        }
+        fn tsc(&self) -> u64 {
+            self.tsc
+        }
+        fn tsc_hz(&self) -> u64 {
+            50_000_000
+        }
+        fn console_line(&mut self, vm: &str, line: &[u8]) {
+            self.lines
+                .push(format!("[{vm}] {}", String::from_utf8_lossy(line)));
+        }
+    }
+
+    fn vm() -> Vm {
+        let mut vm = Vm::new(0, "t");
+        vm.vcpus.push(Vcpu::new(0, 1, 0x9000));
+        vm
+    }
+
+    fn exit(reason: u32, q: u64, len: u64) -> (VmExit, MockVmcs) {
+        let vmcs = MockVmcs::with(&[
+            (ReadOnly32::ExitReason.encoding(), reason as u64),
+            (ReadOnlyNW::ExitQualification.encoding(), q),
+            (GuestNW::Rip.encoding(), 0x10_0000),
+            (ReadOnly32::ExitInstructionLength.encoding(), len),
+            (Guest32::SsAccessRights.encoding(), 0xc093),
+        ]);
+        (VmExit::decode(&vmcs), vmcs)
+    }
+
+    #[test]
+    fn cpuid_hides_vmx_and_sets_the_hypervisor_bit() {
+        let (e, mut vmcs) = exit(10, 0, 2);
+        let mut vm = vm();
+        vm.vcpus[0].regs.0[reg::RAX] = 1;
+        let mut env = Env::default();
+        assert_eq!(
+            handle(&e, &mut vm, 0, &mut vmcs, &mut env),
+            Outcome::Continue
+        );
+        let r = &vm.vcpus[0].regs.0;
+        assert_eq!(r[reg::RAX], 0x906ea);
+        assert_eq!(r[reg::RCX] as u32 & cpuid1::ECX_VMX, 0);
+        assert_eq!(
+            r[reg::RCX] as u32 & cpuid1::ECX_HYPERVISOR,
+            cpuid1::ECX_HYPERVISOR
+        );
+        assert_eq!(r[reg::RCX], 0xe2da_fb97);
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0002));
+        vm.vcpus[0].regs.0[reg::RAX] = CPUID_HV_BASE as u64;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        let r = &vm.vcpus[0].regs.0;
+        assert_eq!(r[reg::RBX] as u32, u32::from_le_bytes(*b"HVpr"));
+        assert_eq!(r[reg::RAX], 0x4000_0001);
+        vm.vcpus[0].regs.0[reg::RAX] = 0xa;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].regs.0[reg::RAX], 0, "no PMU for guests");
+    }
+
+    #[test]
+    fn uart_output_becomes_console_lines_and_other_ports_read_ones() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        for b in b"hi\n" {
+            // OUT DX, AL to 0x3f8.
+            let (e, mut vmcs) = exit(30, 0x03f8_0040, 1);
+            vm.vcpus[0].regs.0[reg::RAX] = 0xdead_0000 | *b as u64;
+            handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+            assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0001));
+        }
+        assert_eq!(env.lines, ["[t] hi"]);
+        // IN AL, DX from LSR.
+        let (e, mut vmcs) = exit(30, 0x03fd_0048, 1);
+        vm.vcpus[0].regs.0[reg::RAX] = 0x1234_5678;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].regs.0[reg::RAX], 0x1234_5660);
+        // IN AX, DX from 0x60: all ones, counted.
+        let (e, mut vmcs) = exit(30, 0x0060_0049, 1);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].regs.0[reg::RAX], 0x1234_ffff);
+        // OUT to 0x70: dropped, counted.
+        let (e, mut vmcs) = exit(30, 0x0070_0040, 1);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.vcpus[0].io,
+            super::super::vcpu::UnmodelledIo {
+                reads: 1,
+                writes: 1,
+                string_ops: 0,
+                last_port: 0x70
+            }
+        );
+    }
+
+    #[test]
+    fn vmcalls() {
+        let mut vm = vm();
+        let mut env = Env {
+            tsc: 1000,
+            ..Default::default()
+        };
+        let (e, mut vmcs) = exit(18, 0, 3);
+        vm.vcpus[0].regs.0[reg::RAX] = vmcall::TSC_NOW;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].regs.0[reg::RAX], 1000);
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0003));
+        vm.vcpus[0].regs.0[reg::RAX] = vmcall::SET_TIMER;
+        vm.vcpus[0].regs.0[reg::RBX] = 2_000_000; // 2 ms at 50 MHz = 100000 ticks
+        vm.vcpus[0].regs.0[reg::RCX] = 0x40;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.vcpus[0].timer,
+            Some(GuestTimer {
+                deadline_tsc: 101_000,
+                vector: 0x40
+            })
+        );
+        assert_eq!(vm.vcpus[0].regs.0[reg::RAX], 0);
+        vm.vcpus[0].regs.0[reg::RAX] = 0x77;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].regs.0[reg::RAX], vmcall::ERROR);
+        vm.vcpus[0].regs.0[reg::RAX] = vmcall::STOP;
+        vm.vcpus[0].regs.0[reg::RBX] = 7;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vm.stopped, Some(StopReason::Requested { status: 7 }));
+        // From CPL 3 a VMCALL does nothing but fail.
+        let mut vm2 = super::tests::vm();
+        vmcs.fields
+            .insert(Guest32::SsAccessRights.encoding(), 0xc0f3);
+        let e3 = VmExit::decode(&vmcs);
+        vm2.vcpus[0].regs.0[reg::RAX] = vmcall::STOP;
+        handle(&e3, &mut vm2, 0, &mut vmcs, &mut env);
+        assert_eq!(vm2.stopped, None);
+        assert_eq!(vm2.vcpus[0].regs.0[reg::RAX], vmcall::ERROR);
+    }
+
+    #[test]
+    fn hlt_halts_and_msrs_follow_the_policy() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        let (e, mut vmcs) = exit(12, 0, 1);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert!(vm.vcpus[0].halted);
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0001));
+        let (e, mut vmcs) = exit(31, 0, 2);
+        vm.vcpus[0].regs.0[reg::RCX] = 0x3a;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            (vm.vcpus[0].regs.0[reg::RAX], vm.vcpus[0].regs.0[reg::RDX]),
+            (1, 0)
+        );
+        vm.vcpus[0].regs.0[reg::RCX] = 0x480;
+        let (e, mut vmcs) = exit(31, 0, 2);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.vcpus[0].pending_exception,
+            Some((InterruptionInfo(0x8000_0b0d), 0))
+        );
+        assert_eq!(
+            vmcs.get(GuestNW::Rip),
+            Some(0x10_0000),
+            "a faulting RDMSR does not advance"
+        );
+    }
+
+    #[test]
+    fn fatal_exits_stop_the_vm_with_a_report() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        let (e, mut vmcs) = exit(29, 0x13, 3);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            format!("{}", vm.stopped.unwrap()),
+            "unhandled exit reason 29 (MOV DR) qualification 0x13 rip 0x100000"
+        );
+        let mut vm = super::tests::vm();
+        let (_, mut vmcs) = exit(48, 0x182, 0);
+        vmcs.fields
+            .insert(ReadOnly64::GuestPhysicalAddress.encoding(), 0xfee0_0030);
+        let e = VmExit::decode(&vmcs);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            format!("{}", vm.stopped.unwrap()),
+            "EPT violation: write of guest-physical 0xfee00030 at rip 0x100000"
+        );
+        let mut vm = super::tests::vm();
+        let (e, mut vmcs) = exit(0x8000_0021, 0, 0);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            format!("{}", vm.stopped.unwrap()),
+            "VM entry failed: exit reason 33 (VM-entry failure due to invalid guest state) qualification 0x0 rip 0x100000"
+        );
+        let mut vm = super::tests::vm();
+        let (e, mut vmcs) = exit(35, 0, 0);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            format!("{}", vm.stopped.unwrap()),
+            "unhandled exit reason 35 (unknown) qualification 0x0 rip 0x100000"
+        );
+    }
+
+    #[test]
+    fn interrupts_and_nmis_go_back_to_the_loop() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        let (_, mut vmcs) = exit(1, 0, 0);
+        vmcs.fields
+            .insert(ReadOnly32::ExitInterruptionInfo.encoding(), 0x8000_0021);
+        let e = VmExit::decode(&vmcs);
+        assert_eq!(
+            handle(&e, &mut vm, 0, &mut vmcs, &mut env),
+            Outcome::ExternalInterrupt(0x21)
+        );
+        let (_, mut vmcs) = exit(0, 0, 0);
+        vmcs.fields
+            .insert(ReadOnly32::ExitInterruptionInfo.encoding(), 0x8000_0202);
+        let e = VmExit::decode(&vmcs);
+        assert_eq!(handle(&e, &mut vm, 0, &mut vmcs, &mut env), Outcome::Nmi);
+        assert_eq!(vm.stopped, None);
+    }
+
+    #[test]
+    fn mov_to_cr0_keeps_forced_bits_and_updates_the_shadow() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        // MOV CR0, RAX.
+        let (e, mut vmcs) = exit(28, 0x0000, 3);
+        vmcs.fields
+            .insert(ControlNW::Cr0GuestHostMask.encoding(), 0x20);
+        vmcs.fields.insert(GuestNW::Cr0.encoding(), 0x31);
+        vm.vcpus[0].regs.0[reg::RAX] = 0x8000_0011;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vmcs.get(GuestNW::Cr0), Some(0x8000_0031));
+        assert_eq!(vmcs.get(ControlNW::Cr0ReadShadow), Some(0x8000_0011));
+        assert_eq!(vm.stopped, None);
+    }
+}

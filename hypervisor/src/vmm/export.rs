@@ -1,0 +1,203 @@
+//! The exporter: drains the per-pCPU rings into `vmlog` frames and hands the bytes to a
+//! writer (COM2 on bare metal). Runs in host context only, never from an interrupt.
+
+use vmlog::{
+    Dropped, End, ExitStat, GLOBAL_STREAM, Header, MAX_BATCH_SAMPLES, MAX_FRAME_LEN, Record,
+    Sample, VcpuRef, VmInfo, encode_record, encode_samples,
+};
+
+use super::ring::SampleRing;
+
+/// Frame sequence numbers per stream and totals for the End record.
+pub struct Exporter<W: FnMut(&[u8])> {
+    write: W,
+    seq: [u32; super::sampler::MAX_PCPUS],
+    global_seq: u32,
+    pub frames: u64,
+    pub samples: u64,
+    pub dropped: u64,
+    period: u64,
+    buf: [u8; MAX_FRAME_LEN],
+}
+
+impl<W: FnMut(&[u8])> Exporter<W> {
+    /// `period`: the sampling period in TSC ticks (the batch encoder's delta base).
+    pub fn new(write: W, period: u64) -> Self {
+        Exporter {
+            write,
+            seq: [0; super::sampler::MAX_PCPUS],
+            global_seq: 0,
+            frames: 0,
+            samples: 0,
+            dropped: 0,
+            period,
+            buf: [0; MAX_FRAME_LEN],
+        }
+    }
+
+    fn record(&mut self, stream: u16, record: &Record<'_>) {
+        let seq = if stream == GLOBAL_STREAM {
+            let s = self.global_seq;
+            self.global_seq += 1;
+            s
+        } else {
+            let s = self.seq[stream as usize];
+            self.seq[stream as usize] += 1;
+            s
+        };
+        // A record that does not fit (only possible for absurd names) is skipped: the log
+        // stays decodable and the sequence gap shows the loss.
+        if let Ok(n) = encode_record(&mut self.buf, stream, seq, record) {
+            (self.write)(&self.buf[..n]);
+            self.frames += 1;
+        }
+    }
+
+    /// Header and VM table.
+    pub fn start(&mut self, header: Header<'_>, vms: &[VmInfo<'_>]) {
+        self.record(GLOBAL_STREAM, &Record::Header(header));
+        for vm in vms {
+            self.record(GLOBAL_STREAM, &Record::Vm(*vm));
+        }
+    }
+
+    /// Moves everything in `ring` out as sample batches, preceded by a `Dropped` record
+    /// when the ring lost samples since the last drain.
+    pub fn drain<const N: usize>(&mut self, pcpu: u16, ring: &SampleRing<Sample, N>) {
+        let lost = ring.take_dropped();
+        if lost > 0 {
+            self.dropped += lost;
+            self.record(pcpu, &Record::Dropped(Dropped { count: lost }));
+        }
+        let mut batch = [Sample {
+            tsc: 0,
+            context: vmlog::Context::Host(vmlog::HostContext {
+                rip: 0,
+                serving: None,
+                vcpu_state: vmlog::VcpuState::Running,
+            }),
+        }; MAX_BATCH_SAMPLES];
+        loop {
+            let n = ring.pop_into(&mut batch);
+            if n == 0 {
+                break;
+            }
+            let mut done = 0;
+            while done < n {
+                let seq = self.seq[pcpu as usize];
+                match encode_samples(&mut self.buf, pcpu, seq, self.period, &batch[done..n]) {
+                    Ok(enc) if enc.samples > 0 => {
+                        self.seq[pcpu as usize] += 1;
+                        (self.write)(&self.buf[..enc.bytes]);
+                        self.frames += 1;
+                        self.samples += enc.samples as u64;
+                        done += enc.samples;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Cumulative exit statistics of one vCPU for one reason.
+    pub fn exit_stat(&mut self, pcpu: u16, vcpu: VcpuRef, reason: u16, count: u64, tsc_total: u64) {
+        self.record(
+            pcpu,
+            &Record::ExitStat(ExitStat {
+                vcpu,
+                reason: vmlog::ExitReason(reason),
+                count,
+                tsc_total,
+            }),
+        );
+    }
+
+    /// The End record.
+    pub fn end(&mut self, end_tsc: u64) {
+        let end = End {
+            end_tsc,
+            samples_total: self.samples,
+            dropped_total: self.dropped,
+            frames_total: self.frames,
+        };
+        self.record(GLOBAL_STREAM, &Record::End(end));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmlog::{Context, GuestContext, HostContext, SamplingSource, VcpuState};
+
+    #[test]
+    fn a_drained_ring_decodes_back_with_its_drop_count() {
+        let ring: SampleRing<Sample, 512> = SampleRing::new();
+        for i in 0..600u64 {
+            let context = if i % 3 == 0 {
+                Context::Host(HostContext {
+                    rip: 0x20_0000 + i,
+                    serving: None,
+                    vcpu_state: VcpuState::Running,
+                })
+            } else {
+                Context::Guest(GuestContext {
+                    vm: 0,
+                    vcpu: 0,
+                    vpid: 1,
+                    rip: 0x10_0000 + i,
+                    cr3: 0,
+                    cpl: 0,
+                    last_exit_reason: None,
+                })
+            };
+            ring.push(Sample {
+                tsc: 1000 + i * 50_000,
+                context,
+            });
+        }
+        let mut bytes = Vec::new();
+        let mut ex = Exporter::new(|b: &[u8]| bytes.extend_from_slice(b), 50_000);
+        ex.start(
+            Header {
+                format_major: vmlog::FORMAT_MAJOR,
+                format_minor: vmlog::FORMAT_MINOR,
+                hv_build_id: "test",
+                tsc_hz: 50_000_000,
+                source: SamplingSource::LapicTimer,
+                period_tsc: 50_000,
+                pcpus: 1,
+                vm_count: 1,
+                start_tsc: 0,
+            },
+            &[VmInfo {
+                id: 0,
+                name: "t",
+                vcpus: 1,
+            }],
+        );
+        ex.drain(0, &ring);
+        ex.end(1 << 40);
+        assert_eq!((ex.samples, ex.dropped), (512, 88));
+        let _ = ex;
+        let mut samples = Vec::new();
+        let mut dropped = 0;
+        let mut ended = false;
+        for item in vmlog::Decoder::from_slice(&bytes[..]) {
+            match item.unwrap() {
+                vmlog::Item::Samples { samples: s, .. } => samples.extend(s),
+                vmlog::Item::Dropped { count, .. } => dropped += count,
+                vmlog::Item::End(e) => {
+                    ended = true;
+                    assert_eq!((e.samples_total, e.dropped_total), (512, 88));
+                }
+                _ => {}
+            }
+        }
+        assert!(ended);
+        assert_eq!(dropped, 88);
+        assert_eq!(samples.len(), 512);
+        assert_eq!(samples[0].tsc, 1000);
+        assert_eq!(samples[1].context.rip(), 0x10_0001);
+        assert_eq!(samples[511].tsc, 1000 + 511 * 50_000);
+    }
+}

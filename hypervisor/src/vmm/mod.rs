@@ -1,0 +1,17 @@
+//! The generic VMM: VMs and vCPUs, exit decoding and handling, the guest console model,
+//! sampling, the per-pCPU sample rings and the exporter. Hardware access goes through
+//! `crate::vmx`; the run loop ([`run`]) exists only on bare metal.
+
+pub mod exits;
+pub mod export;
+pub mod msrs;
+pub mod pmu;
+pub mod ring;
+#[cfg(target_os = "none")]
+pub mod run;
+pub mod sampler;
+pub mod uart;
+pub mod vcpu;
+
+#[cfg(target_os = "none")]
+pub use run::start;

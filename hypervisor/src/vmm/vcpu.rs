@@ -1,0 +1,596 @@
+//! VMs and vCPUs: their state, why they stop, their exit counters, and the initial VMCS of
+//! a vCPU entered PVH-style (docs/contracts.md, "Guests").
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::vmx::caps::{Controls, VmxCaps};
+use crate::vmx::entry::GuestRegs;
+use crate::vmx::exit::{ExitReason, InterruptionInfo, MAX_EXIT_REASON};
+use crate::vmx::vmcs::{
+    Control16, Control32, Control64, ControlNW, Guest16, Guest32, Guest64, GuestNW, Host16, Host32,
+    Host64, HostNW, Vmcs, VmcsWriteError, access_rights as ar,
+};
+use crate::vmx::{cr0, rflags};
+
+use super::uart::Uart16550;
+
+/// Why a VM stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// VMCALL STOP with this status.
+    Requested {
+        status: u64,
+    },
+    EptViolation {
+        gpa: u64,
+        access: &'static str,
+        rip: u64,
+    },
+    TripleFault {
+        rip: u64,
+    },
+    /// VM entry failed (exit reason with bit 31 set) or was refused (VMfail).
+    EntryFailed {
+        reason: u32,
+        qualification: u64,
+        rip: u64,
+    },
+    Unhandled {
+        reason: u32,
+        qualification: u64,
+        rip: u64,
+    },
+    /// The host's run_ms elapsed.
+    RunTimeOver,
+    /// Every vCPU halted with no timer armed: nothing could ever wake the VM.
+    HaltedForever,
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = |n: u32| {
+            ExitReason::try_from(n)
+                .map(|r| r.name())
+                .unwrap_or("unknown")
+        };
+        match *self {
+            StopReason::Requested { status } => write!(f, "status={status}"),
+            StopReason::EptViolation { gpa, access, rip } => {
+                write!(
+                    f,
+                    "EPT violation: {access} of guest-physical {gpa:#x} at rip {rip:#x}"
+                )
+            }
+            StopReason::TripleFault { rip } => write!(f, "triple fault at rip {rip:#x}"),
+            StopReason::EntryFailed {
+                reason,
+                qualification,
+                rip,
+            } => write!(
+                f,
+                "VM entry failed: exit reason {reason} ({}) qualification {qualification:#x} rip {rip:#x}",
+                name(reason)
+            ),
+            StopReason::Unhandled {
+                reason,
+                qualification,
+                rip,
+            } => write!(
+                f,
+                "unhandled exit reason {reason} ({}) qualification {qualification:#x} rip {rip:#x}",
+                name(reason)
+            ),
+            StopReason::RunTimeOver => f.write_str("run_ms elapsed"),
+            StopReason::HaltedForever => {
+                f.write_str("halted with no timer set (nothing can wake it)")
+            }
+        }
+    }
+}
+
+impl StopReason {
+    /// The guest's own exit status, or 1 for a stop the guest did not ask for.
+    pub fn status(&self) -> u64 {
+        match self {
+            StopReason::Requested { status } => *status,
+            StopReason::RunTimeOver => 0,
+            _ => 1,
+        }
+    }
+}
+
+/// Exits and TSC ticks spent handling them, per basic exit reason.
+#[derive(Clone, Debug)]
+pub struct ExitCounters {
+    pub count: [u64; MAX_EXIT_REASON as usize + 1],
+    pub tsc: [u64; MAX_EXIT_REASON as usize + 1],
+    /// Exits with a reason number past the table.
+    pub other: u64,
+}
+
+impl Default for ExitCounters {
+    fn default() -> Self {
+        ExitCounters {
+            count: [0; MAX_EXIT_REASON as usize + 1],
+            tsc: [0; MAX_EXIT_REASON as usize + 1],
+            other: 0,
+        }
+    }
+}
+
+impl ExitCounters {
+    pub fn record(&mut self, basic_reason: u32, tsc: u64) {
+        match self.count.get_mut(basic_reason as usize) {
+            Some(c) => {
+                *c += 1;
+                self.tsc[basic_reason as usize] += tsc;
+            }
+            None => self.other += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.count.iter().sum::<u64>() + self.other
+    }
+
+    /// (reason, count, tsc) for every reason seen.
+    pub fn seen(&self) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
+        self.count
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(r, c)| (r as u32, *c, self.tsc[r]))
+    }
+}
+
+/// A one-shot guest timer (VMCALL SET_TIMER).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestTimer {
+    pub deadline_tsc: u64,
+    pub vector: u8,
+}
+
+/// I/O the hypervisor does not model: reads see all-ones, writes are dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmodelledIo {
+    pub reads: u64,
+    pub writes: u64,
+    pub string_ops: u64,
+    pub last_port: u16,
+}
+
+/// One vCPU.
+pub struct Vcpu {
+    pub index: u16,
+    pub vpid: u16,
+    pub regs: GuestRegs,
+    /// Host-physical address of its VMCS region.
+    pub vmcs: u64,
+    pub launched: bool,
+    pub halted: bool,
+    pub timer: Option<GuestTimer>,
+    /// An external-interrupt vector waiting for the guest to accept it.
+    pub pending_vector: Option<u8>,
+    /// An exception to inject at the next entry: (interruption info, error code).
+    pub pending_exception: Option<(InterruptionInfo, u32)>,
+    /// The last exit that was not a sampling interrupt.
+    pub last_exit: Option<u16>,
+    pub exits: ExitCounters,
+    pub io: UnmodelledIo,
+    /// Guest-owned CR0/CR4 bits as the guest last wrote them (the read shadows).
+    pub cr0_shadow: u64,
+    pub cr4_shadow: u64,
+    /// Whether interrupt-window exiting is on in its VMCS.
+    pub window_exiting: bool,
+}
+
+impl Vcpu {
+    pub fn new(index: u16, vpid: u16, vmcs: u64) -> Self {
+        Vcpu {
+            index,
+            vpid,
+            regs: GuestRegs::default(),
+            vmcs,
+            launched: false,
+            halted: false,
+            timer: None,
+            pending_vector: None,
+            pending_exception: None,
+            last_exit: None,
+            exits: ExitCounters::default(),
+            io: UnmodelledIo::default(),
+            cr0_shadow: PVH_CR0,
+            cr4_shadow: 0,
+            window_exiting: false,
+        }
+    }
+}
+
+/// One VM.
+pub struct Vm {
+    pub id: u16,
+    pub name: &'static str,
+    pub uart: Uart16550,
+    pub vcpus: Vec<Vcpu>,
+    pub stopped: Option<StopReason>,
+}
+
+impl Vm {
+    pub fn new(id: u16, name: &'static str) -> Self {
+        Vm {
+            id,
+            name,
+            uart: Uart16550::default(),
+            vcpus: Vec::new(),
+            stopped: None,
+        }
+    }
+}
+
+/// CR0 a PVH guest starts with: protected mode, paging off (ET is hard-wired to 1).
+pub const PVH_CR0: u64 = cr0::PE | cr0::ET;
+
+/// The host state a VMCS needs, read from the running hypervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostState {
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cs: u16,
+    pub ss: u16,
+    pub ds: u16,
+    pub es: u16,
+    pub fs: u16,
+    pub gs: u16,
+    pub tr: u16,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub tr_base: u64,
+    pub gdtr_base: u64,
+    pub idtr_base: u64,
+    pub efer: u64,
+    pub pat: u64,
+    /// The VM-exit landing point.
+    pub rip: u64,
+}
+
+/// Addresses of the per-VM structures the VMCS points to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmcsAddrs {
+    pub io_bitmap_a: u64,
+    pub io_bitmap_b: u64,
+    pub msr_bitmap: u64,
+    pub eptp: u64,
+}
+
+/// Where the guest starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestEntry {
+    pub rip: u64,
+    /// Guest-physical address of the hvm_start_info (goes to EBX).
+    pub start_info: u64,
+}
+
+/// Why a host-state field would make VM entry fail; checked before the first entry so the
+/// error is ours, not a VMfail number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupError {
+    Write(VmcsWriteError),
+    /// SDM 27.2.3: host TR must not be 0 (Bochs: "VMFAIL: VMCS host state invalid TR").
+    HostTrZero,
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::Write(e) => e.fmt(f),
+            SetupError::HostTrZero => {
+                f.write_str("host TR selector is 0; the GDT needs a TSS before VM entry")
+            }
+        }
+    }
+}
+
+impl From<VmcsWriteError> for SetupError {
+    fn from(e: VmcsWriteError) -> Self {
+        SetupError::Write(e)
+    }
+}
+
+/// Fills a cleared, current VMCS for a vCPU that enters PVH-style: 32-bit protected mode,
+/// paging off, flat 4 GiB CS/DS, RIP = entry. EBX (a GPR, not in the VMCS) is set by the
+/// caller in [`Vcpu::regs`]. The preemption timer value is set per entry.
+pub fn setup_vmcs(
+    vmcs: &mut impl Vmcs,
+    caps: &VmxCaps,
+    ctl: &Controls,
+    host: &HostState,
+    addrs: &VmcsAddrs,
+    vpid: u16,
+    entry: GuestEntry,
+) -> Result<(), SetupError> {
+    if host.tr & !7 == 0 {
+        return Err(SetupError::HostTrZero);
+    }
+    // Controls.
+    vmcs.write(Control32::PinBasedControls, ctl.pin as u64)?;
+    vmcs.write(Control32::ProcBasedControls, ctl.proc as u64)?;
+    vmcs.write(Control32::ProcBasedControls2, ctl.proc2 as u64)?;
+    vmcs.write(Control32::ExitControls, ctl.exit as u64)?;
+    vmcs.write(Control32::EntryControls, ctl.entry as u64)?;
+    vmcs.write(Control32::ExceptionBitmap, 0)?;
+    vmcs.write(Control32::PageFaultErrorCodeMask, 0)?;
+    vmcs.write(Control32::PageFaultErrorCodeMatch, 0)?;
+    vmcs.write(Control32::Cr3TargetCount, 0)?;
+    vmcs.write(Control32::ExitMsrStoreCount, 0)?;
+    vmcs.write(Control32::ExitMsrLoadCount, 0)?;
+    vmcs.write(Control32::EntryMsrLoadCount, 0)?;
+    vmcs.write(Control32::EntryInterruptionInfo, 0)?;
+    vmcs.write(Control16::Vpid, vpid as u64)?;
+    vmcs.write(Control64::IoBitmapA, addrs.io_bitmap_a)?;
+    vmcs.write(Control64::IoBitmapB, addrs.io_bitmap_b)?;
+    vmcs.write(Control64::MsrBitmap, addrs.msr_bitmap)?;
+    vmcs.write(Control64::Eptp, addrs.eptp)?;
+    vmcs.write(Control64::TscOffset, 0)?;
+    let (guest_cr0, cr0_mask) = caps.guest_cr0(PVH_CR0);
+    let (guest_cr4, cr4_mask) = caps.guest_cr4(0);
+    vmcs.write(ControlNW::Cr0GuestHostMask, cr0_mask)?;
+    vmcs.write(ControlNW::Cr0ReadShadow, PVH_CR0)?;
+    vmcs.write(ControlNW::Cr4GuestHostMask, cr4_mask)?;
+    vmcs.write(ControlNW::Cr4ReadShadow, 0)?;
+
+    // Host state (SDM 27.2.2-27.2.4).
+    vmcs.write(HostNW::Cr0, host.cr0)?;
+    vmcs.write(HostNW::Cr3, host.cr3)?;
+    vmcs.write(HostNW::Cr4, host.cr4)?;
+    vmcs.write(Host16::CsSelector, (host.cs & !7) as u64)?;
+    vmcs.write(Host16::SsSelector, (host.ss & !7) as u64)?;
+    vmcs.write(Host16::DsSelector, (host.ds & !7) as u64)?;
+    vmcs.write(Host16::EsSelector, (host.es & !7) as u64)?;
+    vmcs.write(Host16::FsSelector, (host.fs & !7) as u64)?;
+    vmcs.write(Host16::GsSelector, (host.gs & !7) as u64)?;
+    vmcs.write(Host16::TrSelector, (host.tr & !7) as u64)?;
+    vmcs.write(HostNW::FsBase, host.fs_base)?;
+    vmcs.write(HostNW::GsBase, host.gs_base)?;
+    vmcs.write(HostNW::TrBase, host.tr_base)?;
+    vmcs.write(HostNW::GdtrBase, host.gdtr_base)?;
+    vmcs.write(HostNW::IdtrBase, host.idtr_base)?;
+    vmcs.write(Host32::Ia32SysenterCs, 0)?;
+    vmcs.write(HostNW::Ia32SysenterEsp, 0)?;
+    vmcs.write(HostNW::Ia32SysenterEip, 0)?;
+    vmcs.write(Host64::Ia32Efer, host.efer)?;
+    if ctl.exit & crate::vmx::controls::ExitCtls::LOAD_PAT.bits() != 0 {
+        vmcs.write(Host64::Ia32Pat, host.pat)?;
+    }
+    vmcs.write(HostNW::Rip, host.rip)?;
+    // HOST_RSP is written by the entry code on every entry.
+
+    // Guest state (SDM 26.3.1): flat 32-bit segments.
+    vmcs.write(GuestNW::Cr0, guest_cr0)?;
+    vmcs.write(GuestNW::Cr3, 0)?;
+    vmcs.write(GuestNW::Cr4, guest_cr4)?;
+    vmcs.write(GuestNW::Dr7, 0x400)?;
+    vmcs.write(GuestNW::Rsp, 0)?;
+    vmcs.write(GuestNW::Rip, entry.rip)?;
+    vmcs.write(GuestNW::Rflags, rflags::FIXED)?;
+    let segs = [
+        (
+            Guest16::CsSelector,
+            Guest32::CsLimit,
+            Guest32::CsAccessRights,
+            GuestNW::CsBase,
+            0x10,
+            ar::CODE32,
+        ),
+        (
+            Guest16::SsSelector,
+            Guest32::SsLimit,
+            Guest32::SsAccessRights,
+            GuestNW::SsBase,
+            0x18,
+            ar::DATA32,
+        ),
+        (
+            Guest16::DsSelector,
+            Guest32::DsLimit,
+            Guest32::DsAccessRights,
+            GuestNW::DsBase,
+            0x18,
+            ar::DATA32,
+        ),
+        (
+            Guest16::EsSelector,
+            Guest32::EsLimit,
+            Guest32::EsAccessRights,
+            GuestNW::EsBase,
+            0x18,
+            ar::DATA32,
+        ),
+        (
+            Guest16::FsSelector,
+            Guest32::FsLimit,
+            Guest32::FsAccessRights,
+            GuestNW::FsBase,
+            0x18,
+            ar::DATA32,
+        ),
+        (
+            Guest16::GsSelector,
+            Guest32::GsLimit,
+            Guest32::GsAccessRights,
+            GuestNW::GsBase,
+            0x18,
+            ar::DATA32,
+        ),
+    ];
+    for (sel, limit, rights, base, selector, access) in segs {
+        vmcs.write(sel, selector)?;
+        vmcs.write(limit, 0xffff_ffff)?;
+        vmcs.write(rights, access)?;
+        vmcs.write(base, 0)?;
+    }
+    vmcs.write(Guest16::TrSelector, 0)?;
+    vmcs.write(Guest32::TrLimit, 0x67)?;
+    vmcs.write(Guest32::TrAccessRights, ar::TSS32_BUSY)?;
+    vmcs.write(GuestNW::TrBase, 0)?;
+    vmcs.write(Guest16::LdtrSelector, 0)?;
+    vmcs.write(Guest32::LdtrLimit, 0)?;
+    vmcs.write(Guest32::LdtrAccessRights, ar::UNUSABLE)?;
+    vmcs.write(GuestNW::LdtrBase, 0)?;
+    vmcs.write(Guest32::GdtrLimit, 0)?;
+    vmcs.write(GuestNW::GdtrBase, 0)?;
+    vmcs.write(Guest32::IdtrLimit, 0)?;
+    vmcs.write(GuestNW::IdtrBase, 0)?;
+    vmcs.write(Guest32::InterruptibilityState, 0)?;
+    vmcs.write(Guest32::ActivityState, 0)?;
+    vmcs.write(GuestNW::PendingDebugExceptions, 0)?;
+    vmcs.write(Guest32::Ia32SysenterCs, 0)?;
+    vmcs.write(GuestNW::Ia32SysenterEsp, 0)?;
+    vmcs.write(GuestNW::Ia32SysenterEip, 0)?;
+    vmcs.write(Guest64::VmcsLinkPointer, u64::MAX)?;
+    vmcs.write(Guest64::Ia32Debugctl, 0)?;
+    vmcs.write(Guest64::Ia32Efer, 0)?;
+    if ctl.entry & crate::vmx::controls::EntryCtls::LOAD_PAT.bits() != 0 {
+        // Power-on PAT value (SDM 13.12.4).
+        vmcs.write(Guest64::Ia32Pat, 0x0007_0406_0007_0406)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmx::caps::recorded::SKYLAKE_HOST;
+    use crate::vmx::vmcs::mock::MockVmcs;
+
+    fn host() -> HostState {
+        HostState {
+            cr0: 0x8001_0033,
+            cr3: 0x1000,
+            cr4: 0x2020,
+            cs: 8,
+            ss: 16,
+            ds: 16,
+            es: 16,
+            tr: 24,
+            rip: 0x20_1000,
+            efer: 0xd00,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pvh_guest_state() {
+        let caps = VmxCaps::probe(&SKYLAKE_HOST).unwrap();
+        let ctl = caps.controls().unwrap();
+        let mut vmcs = MockVmcs::default();
+        let addrs = VmcsAddrs {
+            io_bitmap_a: 0x5000,
+            io_bitmap_b: 0x6000,
+            msr_bitmap: 0x7000,
+            eptp: 0x801e,
+        };
+        setup_vmcs(
+            &mut vmcs,
+            &caps,
+            &ctl,
+            &host(),
+            &addrs,
+            1,
+            GuestEntry {
+                rip: 0x10_0000,
+                start_info: 0x1000,
+            },
+        )
+        .unwrap();
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0000));
+        assert_eq!(
+            vmcs.get(GuestNW::Cr0),
+            Some(0x31),
+            "PE|ET plus the fixed NE, paging off"
+        );
+        assert_eq!(vmcs.get(ControlNW::Cr0ReadShadow), Some(0x11));
+        assert_eq!(
+            vmcs.get(GuestNW::Cr4),
+            Some(0x2000),
+            "VMXE forced, hidden by the mask"
+        );
+        assert_eq!(vmcs.get(Guest32::CsAccessRights), Some(0xc09b));
+        assert_eq!(vmcs.get(Guest32::SsAccessRights), Some(0xc093));
+        assert_eq!(vmcs.get(Guest32::CsLimit), Some(0xffff_ffff));
+        assert_eq!(vmcs.get(Guest32::LdtrAccessRights), Some(0x10000));
+        assert_eq!(vmcs.get(Guest32::TrAccessRights), Some(0x8b));
+        assert_eq!(vmcs.get(Guest64::VmcsLinkPointer), Some(u64::MAX));
+        assert_eq!(vmcs.get(Guest64::Ia32Efer), Some(0));
+        assert_eq!(vmcs.get(Control64::Eptp), Some(0x801e));
+        assert_eq!(vmcs.get(Control16::Vpid), Some(1));
+        assert_eq!(vmcs.get(Host16::TrSelector), Some(24));
+        assert_eq!(vmcs.get(HostNW::Rip), Some(0x20_1000));
+        assert_eq!(vmcs.get(Control32::PinBasedControls), Some(ctl.pin as u64));
+    }
+
+    #[test]
+    fn host_tr_zero_is_refused_before_entry() {
+        let caps = VmxCaps::probe(&SKYLAKE_HOST).unwrap();
+        let ctl = caps.controls().unwrap();
+        let mut vmcs = MockVmcs::default();
+        let addrs = VmcsAddrs {
+            io_bitmap_a: 0,
+            io_bitmap_b: 0,
+            msr_bitmap: 0,
+            eptp: 0,
+        };
+        let h = HostState { tr: 0, ..host() };
+        let e = setup_vmcs(
+            &mut vmcs,
+            &caps,
+            &ctl,
+            &h,
+            &addrs,
+            1,
+            GuestEntry {
+                rip: 0,
+                start_info: 0,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e, SetupError::HostTrZero);
+        assert_eq!(
+            format!("{e}"),
+            "host TR selector is 0; the GDT needs a TSS before VM entry"
+        );
+    }
+
+    #[test]
+    fn stop_reason_text() {
+        assert_eq!(
+            format!(
+                "{}",
+                StopReason::Unhandled {
+                    reason: 29,
+                    qualification: 0x13,
+                    rip: 0x1004
+                }
+            ),
+            "unhandled exit reason 29 (MOV DR) qualification 0x13 rip 0x1004"
+        );
+        assert_eq!(
+            format!(
+                "{}",
+                StopReason::EptViolation {
+                    gpa: 0xfee0_0000,
+                    access: "write",
+                    rip: 0x10_0020
+                }
+            ),
+            "EPT violation: write of guest-physical 0xfee00000 at rip 0x100020"
+        );
+        assert_eq!(
+            format!("{}", StopReason::Requested { status: 0 }),
+            "status=0"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! VM entry and the VM-exit landing point: the only code that switches between host and
+//! guest general-purpose registers.
+
+use core::arch::naked_asm;
+
+use super::vmcs::VmFail;
+
+/// Guest general-purpose registers, indexed by the hardware register number (0 = RAX ...
+/// 15 = R15; the RSP slot is unused: guest RSP lives in the VMCS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GuestRegs(pub [u64; 16]);
+
+/// Register numbers (SDM table 28-3 uses the same numbering for CR-access exits).
+pub mod reg {
+    pub const RAX: usize = 0;
+    pub const RCX: usize = 1;
+    pub const RDX: usize = 2;
+    pub const RBX: usize = 3;
+    pub const RSP: usize = 4;
+    pub const RBP: usize = 5;
+    pub const RSI: usize = 6;
+    pub const RDI: usize = 7;
+}
+
+const _: () = assert!(core::mem::size_of::<GuestRegs>() == 128);
+
+/// Enters the guest whose VMCS is current, VMLAUNCH if `launched` is false else VMRESUME.
+/// Returns when the guest exits (`Ok`), or if the entry itself failed (`Err`).
+///
+/// # Safety
+/// In VMX root operation with a current VMCS whose host-state area is valid, whose
+/// HOST_RIP is [`vmexit_landing`] and whose host CR3/GDT/IDT/TR are this CPU's.
+pub unsafe fn enter_guest(regs: &mut GuestRegs, launched: bool) -> Result<(), VmFail> {
+    // SAFETY: guaranteed by the caller; vmx_enter restores every callee-saved register.
+    let status = unsafe { vmx_enter(regs, launched as u64) };
+    match status {
+        0 => Ok(()),
+        1 => Err(VmFail::Invalid),
+        _ => Err(VmFail::Valid(super::vmcs::Vmcs::read(
+            &super::instr::CurrentVmcs,
+            super::vmcs::ReadOnly32::VmInstructionError,
+        ) as u32)),
+    }
+}
+
+/// `vmx_enter(regs, resume) -> 0 exit | 1 VMfailInvalid | 2 VMfailValid`.
+///
+/// Pushes the callee-saved registers and `regs`, writes HOST_RSP, loads the guest
+/// registers and enters. The exit lands in [`vmexit_landing`] with that same stack.
+#[unsafe(naked)]
+unsafe extern "C" fn vmx_enter(regs: *mut GuestRegs, resume: u64) -> u64 {
+    naked_asm!(
+        "push rbp",
+        "push rbx",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        "push rdi",
+        "mov rax, 0x6c14", // HOST_RSP
+        "vmwrite rax, rsp",
+        "jc 5f",
+        "jz 6f",
+        "test rsi, rsi", // flags: ZF=1 -> launch; MOVs below keep the flags
+        "mov rax, [rdi + 0]",
+        "mov rcx, [rdi + 8]",
+        "mov rdx, [rdi + 16]",
+        "mov rbx, [rdi + 24]",
+        "mov rbp, [rdi + 40]",
+        "mov rsi, [rdi + 48]",
+        "mov r8, [rdi + 64]",
+        "mov r9, [rdi + 72]",
+        "mov r10, [rdi + 80]",
+        "mov r11, [rdi + 88]",
+        "mov r12, [rdi + 96]",
+        "mov r13, [rdi + 104]",
+        "mov r14, [rdi + 112]",
+        "mov r15, [rdi + 120]",
+        "mov rdi, [rdi + 56]",
+        "jnz 2f",
+        "vmlaunch",
+        "jmp 3f",
+        "2:",
+        "vmresume",
+        "3:",
+        // Entry failed: CF = VMfailInvalid, ZF = VMfailValid. The guest values now in the
+        // GPRs are dropped.
+        "jc 5f",
+        "6:",
+        "mov eax, 2",
+        "jmp 4f",
+        "5:",
+        "mov eax, 1",
+        "4:",
+        "pop rdi",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbx",
+        "pop rbp",
+        "ret",
+    );
+}
+
+/// HOST_RIP: runs with the stack `vmx_enter` left (its saved `regs` pointer on top), saves
+/// the guest registers and returns 0 from `vmx_enter`.
+///
+/// # Safety
+/// Never called: only its address is used, as the VMCS HOST_RIP of a VMCS entered through
+/// [`enter_guest`].
+#[unsafe(naked)]
+pub unsafe extern "C" fn vmexit_landing() -> ! {
+    naked_asm!(
+        "push rdi",
+        "mov rdi, [rsp + 8]",
+        "mov [rdi + 0], rax",
+        "mov [rdi + 8], rcx",
+        "mov [rdi + 16], rdx",
+        "mov [rdi + 24], rbx",
+        "mov [rdi + 40], rbp",
+        "mov [rdi + 48], rsi",
+        "mov [rdi + 64], r8",
+        "mov [rdi + 72], r9",
+        "mov [rdi + 80], r10",
+        "mov [rdi + 88], r11",
+        "mov [rdi + 96], r12",
+        "mov [rdi + 104], r13",
+        "mov [rdi + 112], r14",
+        "mov [rdi + 120], r15",
+        "pop rax",
+        "mov [rdi + 56], rax",
+        "pop rdi",
+        "xor eax, eax",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbx",
+        "pop rbp",
+        "ret",
+    );
+}

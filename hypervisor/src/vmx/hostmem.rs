@@ -1,0 +1,41 @@
+//! Host-physical memory the VMX layer hands to the CPU or fills for a guest (VMXON/VMCS
+//! regions, bitmaps, EPT tables, guest RAM), reached through the hypervisor's identity
+//! map. Each function takes frames the caller owns exclusively.
+
+use super::ept::TableMemory;
+
+/// A 4 KiB frame as bytes.
+///
+/// # Safety
+/// `pa` must be an identity-mapped frame owned by the caller and not otherwise borrowed
+/// for the lifetime of the result.
+pub unsafe fn frame_bytes<'a>(pa: u64) -> &'a mut [u8; 4096] {
+    // SAFETY: guaranteed by the caller (identity map: virtual == physical).
+    unsafe { &mut *(pa as *mut [u8; 4096]) }
+}
+
+/// `len` bytes at host-physical `pa`.
+///
+/// # Safety
+/// `[pa, pa + len)` must be identity-mapped memory owned by the caller, not otherwise
+/// borrowed for the lifetime of the result.
+pub unsafe fn phys_bytes<'a>(pa: u64, len: usize) -> &'a mut [u8] {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, len) }
+}
+
+/// EPT tables in frames from an allocator function (zeroed frames, identity-mapped).
+pub struct IdentityTables<F: FnMut() -> Option<u64>> {
+    pub alloc: F,
+}
+
+impl<F: FnMut() -> Option<u64>> TableMemory for IdentityTables<F> {
+    fn alloc_table(&mut self) -> Option<u64> {
+        (self.alloc)()
+    }
+    fn table(&mut self, pa: u64) -> &mut [u64; 512] {
+        // SAFETY: `pa` is a zeroed, identity-mapped frame this allocator handed out for an
+        // EPT table; only the EPT builder (which holds &mut self) accesses it.
+        unsafe { &mut *(pa as *mut [u64; 512]) }
+    }
+}
