@@ -29,7 +29,7 @@ mod kernel {
                 buf: [0; 24],
                 len: 0,
             };
-            if self.0 >= 16 << 20 || (self.0 >= 1 << 20 && self.0 % (1 << 20) == 0) {
+            if self.0 >= 16 << 20 || (self.0 >= 1 << 20 && self.0.is_multiple_of(1 << 20)) {
                 write!(s, "{} MiB", self.0 >> 20)?;
             } else {
                 write!(s, "{} KiB", self.0 >> 10)?;

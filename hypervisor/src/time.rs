@@ -187,17 +187,34 @@ pub fn set_tick_hook(hook: Option<fn(&mut InterruptFrame)>) {
 /// Starts (or re-rates) the periodic LAPIC timer at `hz` on [`vectors::TIMER`]. Returns the
 /// initial count used. Interrupts must be enabled for ticks to arrive.
 pub fn start_periodic(hz: u32) -> Result<u32, TimeError> {
-    let lapic_hz = lapic_hz();
-    if hz == 0 || lapic_hz == 0 || u64::from(hz) > lapic_hz {
-        return Err(TimeError::BadPeriodicRate(hz));
-    }
-    let count =
-        u32::try_from(lapic_hz / u64::from(hz)).map_err(|_| TimeError::BadPeriodicRate(hz))?;
+    start_periodic_shortened(hz, u32::MAX)
+}
+
+/// Like [`start_periodic`], with the period shortened by `1 / 2^shorten_shift` (none for a
+/// shift of 32 or more), so that every interval of `1 / hz` seconds on the TSC holds at
+/// least one tick despite calibration error and rounding. The sampling grid relies on it;
+/// the surplus ticks find their slot already sampled and do nothing.
+pub fn start_periodic_shortened(hz: u32, shorten_shift: u32) -> Result<u32, TimeError> {
+    let count = periodic_count(lapic_hz(), hz, shorten_shift)?;
     // Already registered (re-rating) is fine: the handler is always `tick`.
     let _ = interrupts::set_handler(vectors::TIMER, tick);
     TICK_HZ.store(u64::from(hz), Ordering::Relaxed);
     lapic::timer_periodic(vectors::TIMER, count, lapic::DIVIDE_BY_1);
     Ok(count)
+}
+
+/// The LAPIC initial count for `hz` ticks a second at a `lapic_hz` timer input, shortened
+/// by `1 / 2^shorten_shift` (see [`start_periodic_shortened`]).
+pub fn periodic_count(lapic_hz: u64, hz: u32, shorten_shift: u32) -> Result<u32, TimeError> {
+    if hz == 0 || lapic_hz == 0 || u64::from(hz) > lapic_hz {
+        return Err(TimeError::BadPeriodicRate(hz));
+    }
+    let full = lapic_hz / u64::from(hz);
+    let count = full - full.checked_shr(shorten_shift).unwrap_or(0);
+    match u32::try_from(count) {
+        Ok(c) if c > 0 => Ok(c),
+        _ => Err(TimeError::BadPeriodicRate(hz)),
+    }
 }
 
 /// Stops the periodic timer.
@@ -238,6 +255,36 @@ mod tests {
         assert_eq!(ticks_to_ns(5, 0), 0);
         assert_eq!(ns_to_ticks(1_000, 50_000_000), 50);
         assert_eq!(ticks_to_ns(u64::MAX, 1), u64::MAX);
+    }
+
+    #[test]
+    fn periodic_counts() {
+        assert_eq!(periodic_count(50_000_000, 1000, u32::MAX), Ok(50_000));
+        // 1/256 shorter: 50_000 - 195.
+        assert_eq!(periodic_count(50_000_000, 1000, 8), Ok(49_805));
+        assert_eq!(periodic_count(50_000_000, 1000, 64), Ok(50_000));
+        assert_eq!(
+            periodic_count(50_000_000, 0, 8),
+            Err(TimeError::BadPeriodicRate(0))
+        );
+        assert_eq!(
+            periodic_count(0, 1000, 8),
+            Err(TimeError::BadPeriodicRate(1000))
+        );
+        assert_eq!(
+            periodic_count(1000, 2000, 8),
+            Err(TimeError::BadPeriodicRate(2000))
+        );
+        // Too slow for the 32-bit count register.
+        assert_eq!(
+            periodic_count(10_000_000_000, 1, u32::MAX),
+            Err(TimeError::BadPeriodicRate(1))
+        );
+        // A shift of 0 would leave nothing.
+        assert_eq!(
+            periodic_count(50_000_000, 1000, 0),
+            Err(TimeError::BadPeriodicRate(1000))
+        );
     }
 
     #[test]

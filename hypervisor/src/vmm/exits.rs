@@ -10,7 +10,7 @@ use crate::vmx::msr::Msr;
 use crate::vmx::vmcs::{
     ControlNW, Guest32, GuestNW, ReadOnly32, ReadOnly64, ReadOnlyNW, Vmcs, access_rights,
 };
-use crate::vmx::{cr0, rflags};
+use crate::vmx::{cr0, interruptibility, rflags};
 
 use super::msrs::{self, MsrAction};
 use super::uart::{COM1_BASE, Uart16550};
@@ -176,7 +176,10 @@ pub fn handle(
             _ => inject_gp(vcpu),
         },
         ExitReason::Hlt => {
-            vcpu.halted = true;
+            // An interrupt already waiting wakes the HLT at once, as on hardware (when the
+            // guest can take it: IF set).
+            let can_wake = vmcs.read(GuestNW::Rflags) & rflags::IF != 0;
+            vcpu.halted = !(can_wake && vcpu.pending_vector.is_some());
             advance(vmcs, exit);
         }
         ExitReason::Vmcall => {
@@ -311,10 +314,20 @@ fn set_low_bytes(reg: &mut u64, size: u8, value: u64) {
     }
 }
 
+/// Completes the exiting instruction for the guest: RIP moves past it, and an STI or MOV SS
+/// shadow it was in ends (the shadow covers one instruction, the one just emulated; left
+/// set, it would block the interrupt meant to wake a `sti; hlt`).
 fn advance(vmcs: &mut impl Vmcs, exit: &VmExit) {
     // A failed VMWRITE of guest RIP cannot happen for a valid current VMCS; if it did, the
     // guest would re-execute the instruction and exit again, which the counters show.
     let _ = vmcs.write(GuestNW::Rip, exit.rip.wrapping_add(exit.instruction_len));
+    let state = vmcs.read(Guest32::InterruptibilityState);
+    if state & interruptibility::SHADOWS != 0 {
+        let _ = vmcs.write(
+            Guest32::InterruptibilityState,
+            state & !interruptibility::SHADOWS,
+        );
+    }
 }
 
 fn inject_gp(vcpu: &mut Vcpu) {
@@ -383,7 +396,7 @@ fn set_cr0(vcpu: &mut Vcpu, vmcs: &mut impl Vmcs, value: u64) {
 /// blocking (interruptibility state bits 0-1).
 pub fn interrupt_window_open(vmcs: &impl Vmcs) -> bool {
     vmcs.read(GuestNW::Rflags) & rflags::IF != 0
-        && vmcs.read(Guest32::InterruptibilityState) & 0x3 == 0
+        && vmcs.read(Guest32::InterruptibilityState) & interruptibility::SHADOWS == 0
 }
 
 #[cfg(test)]
@@ -571,6 +584,35 @@ mod tests {
             Some(0x10_0000),
             "a faulting RDMSR does not advance"
         );
+    }
+
+    #[test]
+    fn hlt_in_an_sti_shadow_ends_the_shadow_and_a_pending_vector_wakes_it() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        // `sti; hlt`: the exit reports blocking by STI, IF set.
+        let (e, mut vmcs) = exit(12, 0, 1);
+        vmcs.fields
+            .insert(Guest32::InterruptibilityState.encoding(), 0x9);
+        vmcs.fields.insert(GuestNW::Rflags.encoding(), 0x202);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert!(vm.vcpus[0].halted);
+        assert_eq!(
+            vmcs.get(Guest32::InterruptibilityState),
+            Some(0x8),
+            "STI shadow gone, other bits kept"
+        );
+        assert!(interrupt_window_open(&vmcs));
+        // With a vector already pending the HLT does not halt.
+        let mut vm = super::tests::vm();
+        vm.vcpus[0].pending_vector = Some(0x30);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert!(!vm.vcpus[0].halted);
+        // ... unless the guest cannot take it (IF clear): then it halts.
+        vmcs.fields.insert(GuestNW::Rflags.encoding(), 0x2);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert!(vm.vcpus[0].halted);
+        assert!(!interrupt_window_open(&vmcs));
     }
 
     #[test]

@@ -61,7 +61,8 @@ impl<W: FnMut(&[u8])> Exporter<W> {
         }
     }
 
-    /// Moves everything in `ring` out as sample batches, preceded by a `Dropped` record
+    /// Moves the samples `ring` holds when called out as sample batches (not those that
+    /// arrive meanwhile), preceded by a `Dropped` record
     /// when the ring lost samples since the last drain.
     pub fn drain<const N: usize>(&mut self, pcpu: u16, ring: &SampleRing<Sample, N>) {
         let lost = ring.take_dropped();
@@ -77,11 +78,16 @@ impl<W: FnMut(&[u8])> Exporter<W> {
                 vcpu_state: vmlog::VcpuState::Running,
             }),
         }; MAX_BATCH_SAMPLES];
-        loop {
-            let n = ring.pop_into(&mut batch);
+        // Only what is there now: samples keep arriving while the (slow) writer runs, and
+        // chasing them could keep the caller here forever.
+        let mut left = ring.len();
+        while left > 0 {
+            let want = left.min(batch.len());
+            let n = ring.pop_into(&mut batch[..want]);
             if n == 0 {
                 break;
             }
+            left -= n;
             let mut done = 0;
             while done < n {
                 let seq = self.seq[pcpu as usize];
@@ -199,5 +205,38 @@ mod tests {
         assert_eq!(samples[0].tsc, 1000);
         assert_eq!(samples[1].context.rip(), 0x10_0001);
         assert_eq!(samples[511].tsc, 1000 + 511 * 50_000);
+    }
+
+    #[test]
+    fn a_drain_takes_only_what_was_there_when_it_started() {
+        let ring: SampleRing<Sample, 64> = SampleRing::new();
+        let host = |tsc| Sample {
+            tsc,
+            context: Context::Host(HostContext {
+                rip: 1,
+                serving: None,
+                vcpu_state: VcpuState::Halted,
+            }),
+        };
+        for i in 0..3u64 {
+            ring.push(host(i * 50_000));
+        }
+        // A writer so slow that a new sample arrives during every frame it writes.
+        let mut next = 3u64;
+        let mut ex = Exporter::new(
+            |_: &[u8]| {
+                ring.push(host(next * 50_000));
+                next += 1;
+            },
+            50_000,
+        );
+        ex.drain(0, &ring);
+        assert_eq!(ex.samples, 3);
+        assert_eq!(
+            ring.len(),
+            ex.frames as usize,
+            "one new sample per frame written"
+        );
+        assert!(ex.frames >= 1);
     }
 }

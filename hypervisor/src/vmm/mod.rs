@@ -4,6 +4,7 @@
 
 pub mod exits;
 pub mod export;
+pub mod grid;
 pub mod msrs;
 pub mod pmu;
 pub mod ring;

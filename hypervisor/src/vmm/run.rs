@@ -19,15 +19,17 @@ use crate::arch::interrupts::{InterruptFrame, vectors};
 use crate::arch::{gdt, lapic};
 use crate::power::{self, status};
 use crate::vmx::bitmap::IoBitmaps;
-use crate::vmx::caps::{CapabilitySource, Controls, FeatureControlAction, VmxCaps, VmxUnavailable};
+use crate::vmx::caps::{CapabilitySource, Controls, VmxCaps, VmxUnavailable};
 use crate::vmx::controls::{EntryCtls, ExitCtls, ProcCtls};
-use crate::vmx::cr4;
 use crate::vmx::entry::{GuestRegs, enter_guest, reg, vmexit_landing};
 use crate::vmx::ept::{Ept, PAGE_SIZE, perm};
-use crate::vmx::exit::{InterruptionInfo, InterruptionType};
-use crate::vmx::hostmem::{self, IdentityTables};
-use crate::vmx::instr::{self, CurrentVmcs, InveptType};
+use crate::vmx::exit::{ExitReason, InterruptionInfo, InterruptionType};
+use crate::vmx::hostmem::{self, HostFrames, IdentityTables};
+use crate::vmx::hw::{self, CpuCaps, HwPmu};
+use crate::vmx::instr::{self, CurrentVmcs};
 use crate::vmx::msr::Msr;
+use crate::vmx::preemption;
+use crate::vmx::root::{VmcsRegion, VmxOnError, VmxRoot};
 use crate::vmx::vmcs::{Control32, Guest32, Vmcs};
 use crate::{console, memory, println, time};
 
@@ -35,7 +37,7 @@ use super::exits::{ExitEnv, Outcome, VmExit, handle, interrupt_window_open};
 use super::export::Exporter;
 use super::msrs;
 use super::pmu::{PmuHw, PmuSampler, PmuState};
-use super::sampler::{GuestId, PcpuState, RING_LEN};
+use super::sampler::{DRAIN_AT, GuestId, PcpuState};
 use super::vcpu::{GuestEntry, HostState, StopReason, Vcpu, Vm, VmcsAddrs, setup_vmcs};
 
 /// The boot pCPU's sampling state and ring.
@@ -45,20 +47,11 @@ static PCPU0: PcpuState = PcpuState::new();
 const SLICE_MS: u64 = 10;
 /// Guest-physical page for the hvm_start_info when the image leaves it free.
 const START_INFO_GPA: u64 = 0x1000;
-
-struct CpuCaps;
-
-impl CapabilitySource for CpuCaps {
-    fn cpuid1_ecx(&self) -> u32 {
-        instr::cpuid(1, 0)[2]
-    }
-    fn read_msr(&self, msr: Msr) -> u64 {
-        // SAFETY: VmxCaps::probe reads only IA32_FEATURE_CONTROL and the VMX capability
-        // MSRs, and only after CPUID reported VMX; the TRUE_* ones only when
-        // IA32_VMX_BASIC bit 55 says they exist, PROCBASED_CTLS2 only when allowed.
-        unsafe { instr::rdmsr(msr) }
-    }
-}
+/// Guest RAM alignment in bytes: 2 MiB, so that its EPT mapping can use 2 MiB pages.
+const GUEST_RAM_ALIGN: u64 = 2 << 20;
+/// The host tick runs 1/2^8 faster than the sampling grid, so that every slot holds a tick
+/// whatever the calibration error (see `time::start_periodic_shortened`).
+const TICK_SHORTEN_SHIFT: u32 = 8;
 
 fn fatal_vmx(e: VmxUnavailable) -> ! {
     println!("{}", e.fatal_line());
@@ -70,17 +63,9 @@ fn fatal(what: impl fmt::Display) -> ! {
     power::stop(status::FAILURE, "VMM setup failed")
 }
 
-fn alloc_frame() -> u64 {
-    memory::alloc_zeroed_frames(1, 1).unwrap_or_else(|| fatal("out of frames"))
-}
-
-/// A zeroed frame holding the VMCS revision identifier (VMXON region or VMCS).
-fn vmx_region(caps: &VmxCaps) -> u64 {
-    let pa = alloc_frame();
-    // SAFETY: a frame just allocated, owned here, identity-mapped.
-    let bytes = unsafe { hostmem::frame_bytes(pa) };
-    bytes[..4].copy_from_slice(&caps.revision_id().to_le_bytes());
-    pa
+/// A zeroed frame owned by the caller (bitmaps).
+fn alloc_frame() -> HostFrames {
+    HostFrames::alloc_zeroed(1, PAGE_SIZE).unwrap_or_else(|| fatal("out of frames"))
 }
 
 fn print_caps(caps: &VmxCaps) {
@@ -119,15 +104,7 @@ fn host_state() -> HostState {
     let segs = gdt::host_segments();
     let (gdtr_base, _) = instr::read_gdtr();
     let (idtr_base, _) = instr::read_idtr();
-    // SAFETY: FS_BASE, GS_BASE, EFER and PAT exist on every CPU with VMX.
-    let (fs_base, gs_base, efer, pat) = unsafe {
-        (
-            instr::rdmsr(Msr::IA32_FS_BASE),
-            instr::rdmsr(Msr::IA32_GS_BASE),
-            instr::rdmsr(Msr::IA32_EFER),
-            instr::rdmsr(Msr::IA32_PAT),
-        )
-    };
+    let (fs_base, gs_base, efer, pat) = hw::host_msrs();
     HostState {
         cr0: instr::read_cr0(),
         cr3: instr::read_cr3(),
@@ -155,9 +132,10 @@ fn build_vm(
     id: u16,
     spec: &VmSpec<'static>,
     boot: &BootInfo<'static>,
-    caps: &VmxCaps,
+    root: &VmxRoot,
     ctl: &Controls,
-) -> Vm {
+) -> (Vm, VmcsRegion) {
+    let caps = root.caps();
     let name = spec.name;
     if spec.vcpus > 1 {
         println!(
@@ -176,14 +154,14 @@ fn build_vm(
     let image = unsafe { hostmem::phys_bytes(module.start, module.len() as usize) };
     let mem_bytes = u64::from(spec.mem_mb) << 20;
     let frames = mem_bytes / PAGE_SIZE;
-    let ram_base = memory::alloc_zeroed_frames(frames, 512).unwrap_or_else(|| {
+    let mut ram_frames = HostFrames::alloc_zeroed(frames, GUEST_RAM_ALIGN).unwrap_or_else(|| {
         fatal(format_args!(
             "vm {name}: no {} MiB of contiguous RAM for the guest",
             spec.mem_mb
         ))
     });
-    // SAFETY: frames just allocated for this guest, owned by it from here on.
-    let ram = unsafe { hostmem::phys_bytes(ram_base, mem_bytes as usize) };
+    let ram_base = ram_frames.pa();
+    let ram = ram_frames.bytes();
     let loaded = loader::elf::load(image, &mut SliceMemory(&mut *ram))
         .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
     let si = if loaded.low >= START_INFO_GPA + PAGE_SIZE || loaded.high <= START_INFO_GPA {
@@ -214,7 +192,8 @@ fn build_vm(
         alloc: || memory::alloc_zeroed_frames(1, 1),
     };
     let image_range = memory::image_range();
-    let mut ept = Ept::new(&mut tables, &[image_range.start..image_range.end])
+    let hypervisor_image = image_range.start..image_range.end;
+    let mut ept = Ept::new(&mut tables, core::slice::from_ref(&hypervisor_image))
         .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
     for i in 0..frames {
         ept.map_4k(
@@ -229,30 +208,26 @@ fn build_vm(
     // Bitmaps: MSRs per msrs::msr_bitmap, every port traps but the POST delay port 0x80.
     let pat_switched =
         ctl.exit & ExitCtls::LOAD_PAT.bits() != 0 && ctl.entry & EntryCtls::LOAD_PAT.bits() != 0;
-    let msr_bitmap = alloc_frame();
-    // SAFETY: a frame just allocated, owned by this VM.
-    unsafe { hostmem::frame_bytes(msr_bitmap) }.copy_from_slice(&msrs::msr_bitmap(pat_switched).0);
+    let mut msr_bitmap = alloc_frame();
+    msr_bitmap
+        .bytes()
+        .copy_from_slice(&msrs::msr_bitmap(pat_switched).0);
     let mut io = IoBitmaps::trap_all();
     io.pass(0x80);
-    let (io_a, io_b) = (alloc_frame(), alloc_frame());
-    // SAFETY: frames just allocated, owned by this VM.
-    unsafe {
-        hostmem::frame_bytes(io_a).copy_from_slice(&io.a);
-        hostmem::frame_bytes(io_b).copy_from_slice(&io.b);
-    }
+    let (mut io_a, mut io_b) = (alloc_frame(), alloc_frame());
+    io_a.bytes().copy_from_slice(&io.a);
+    io_b.bytes().copy_from_slice(&io.b);
 
     let vpid = id + 1;
-    let vmcs = vmx_region(caps);
-    // SAFETY: in VMX root operation; `vmcs` holds the revision identifier.
-    unsafe { instr::vmclear(vmcs) }
-        .unwrap_or_else(|e| fatal(format_args!("vm {name}: VMCLEAR: {e}")));
-    // SAFETY: as above; the VMCS was just cleared.
-    unsafe { instr::vmptrld(vmcs) }
+    let vmcs = root
+        .new_vmcs()
+        .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
+    root.load(&vmcs)
         .unwrap_or_else(|e| fatal(format_args!("vm {name}: VMPTRLD: {e}")));
     let addrs = VmcsAddrs {
-        io_bitmap_a: io_a,
-        io_bitmap_b: io_b,
-        msr_bitmap,
+        io_bitmap_a: io_a.pa(),
+        io_bitmap_b: io_b.pa(),
+        msr_bitmap: msr_bitmap.pa(),
         eptp: ept.eptp(),
     };
     let entry = GuestEntry {
@@ -269,7 +244,7 @@ fn build_vm(
         entry,
     )
     .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
-    let mut vcpu = Vcpu::new(0, vpid, vmcs);
+    let mut vcpu = Vcpu::new(0, vpid, vmcs.pa());
     vcpu.regs = GuestRegs::default();
     vcpu.regs.0[reg::RBX] = layout.start_info;
     println!(
@@ -287,7 +262,7 @@ fn build_vm(
     );
     let mut vm = Vm::new(id, name);
     vm.vcpus.push(vcpu);
-    vm
+    (vm, vmcs)
 }
 
 /// ExitEnv on the real CPU.
@@ -300,9 +275,7 @@ impl ExitEnv for HwEnv {
         instr::cpuid(leaf, subleaf)
     }
     fn host_rdmsr(&self, msr: Msr) -> u64 {
-        // SAFETY: the exit handlers ask only for msrs::on_read's ReadHost MSRs (PAT,
-        // MTRRs the guest reads, MISC_ENABLE), which exist on every CPU with VMX.
-        unsafe { instr::rdmsr(msr) }
+        hw::read_host_msr_for_guest(msr)
     }
     fn tsc(&self) -> u64 {
         instr::rdtsc()
@@ -330,41 +303,37 @@ impl fmt::Display for Lossy<'_> {
     }
 }
 
-/// PMU MSRs on the real CPU.
-struct HwPmu;
-
-impl PmuHw for HwPmu {
-    fn cpuid_0a_eax(&self) -> u32 {
-        instr::cpuid(0xa, 0)[0]
-    }
-    fn read_msr(&mut self, msr: Msr) -> u64 {
-        // SAFETY: only architectural perfmon MSRs, after CPUID.0xA reported them.
-        unsafe { instr::rdmsr(msr) }
-    }
-    fn write_msr(&mut self, msr: Msr, value: u64) {
-        // SAFETY: as above; the counter is ours (guests never reach the PMU MSRs).
-        unsafe { instr::wrmsr(msr, value) }
-    }
-    fn busy_work(&mut self) {
-        let mut x = 0u64;
-        for i in 0..20_000u64 {
-            x = core::hint::black_box(x.wrapping_add(i));
-        }
-    }
-    fn route_pmi_to_nmi(&mut self) {}
-}
-
-/// Host-mode sample: called from the periodic tick handler with the interrupted state.
+/// Host-mode sampling point: the periodic tick, with the interrupted state. Samples the
+/// hypervisor if the tick's slot has no sample yet (a tick that finds its slot sampled,
+/// e.g. by a preemption-timer exit, does nothing).
 fn host_tick(frame: &mut InterruptFrame) {
-    PCPU0.take_host_sample(frame.rip, instr::rdtsc());
+    PCPU0.sample_host_if_due(frame.rip, instr::rdtsc());
 }
 
 fn com2(bytes: &[u8]) {
     let _ = console::log_port_write(bytes);
 }
 
+/// How the slots got their samples, and the exits sampling caused.
+#[derive(Default)]
+struct SamplingStats {
+    /// Preemption-timer exits: all, those that sampled, those that were only for sampling.
+    preemption_exits: u64,
+    preemption_samples: u64,
+    preemption_sampling_only: u64,
+    /// External-interrupt exits on the sampling vector: all, those that sampled.
+    tick_exits: u64,
+    tick_exit_samples: u64,
+    /// Host samples taken by the run loop just before a VM entry.
+    entry_samples: u64,
+    /// Host samples taken by the idle loop (every vCPU halted).
+    idle_samples: u64,
+}
+
 struct Runner {
+    root: VmxRoot,
     vms: Vec<Vm>,
+    vmcs_regions: Vec<VmcsRegion>,
     ctl: Controls,
     preemption_shift: u32,
     tsc_hz: u64,
@@ -376,7 +345,18 @@ struct Runner {
     sample_exit_at: Option<u64>,
     other_interrupts: u64,
     nmis: u64,
+    stats: SamplingStats,
     exporter: Exporter<fn(&[u8])>,
+}
+
+/// The host RIP recorded for idle samples the run loop takes itself.
+fn idle_rip() -> u64 {
+    Runner::idle as fn(&mut Runner) as usize as u64
+}
+
+/// The host RIP recorded for samples the run loop takes before a VM entry.
+fn entry_path_rip() -> u64 {
+    Runner::run_vcpu as fn(&mut Runner, usize, usize) as usize as u64
 }
 
 impl Runner {
@@ -405,11 +385,7 @@ impl Runner {
             // Guest timers that expired wake their vCPU and queue their vector.
             for vm in self.vms.iter_mut().filter(|vm| vm.stopped.is_none()) {
                 for vcpu in vm.vcpus.iter_mut() {
-                    if let Some(t) = vcpu.timer.filter(|t| now >= t.deadline_tsc) {
-                        vcpu.timer = None;
-                        vcpu.pending_vector = Some(t.vector);
-                        vcpu.halted = false;
-                    }
+                    vcpu.fire_timer(now);
                 }
             }
             if self.vms.iter().all(|vm| vm.stopped.is_some()) {
@@ -423,6 +399,7 @@ impl Runner {
                     self.next =
                         (slots.iter().position(|&s| s == (i, j)).unwrap_or(0) + 1) % slots.len();
                     self.run_vcpu(i, j);
+                    self.sample_exit_at = None;
                 }
                 None => {
                     // Everything halted: a VM whose vCPUs all wait without a timer can
@@ -438,21 +415,55 @@ impl Runner {
                         }
                     }
                     PCPU0.set_halted();
-                    instr::wait_for_interrupt();
+                    self.idle();
                 }
             }
-            if PCPU0.ring.len() > RING_LEN / 2 {
+            if PCPU0.ring.len() > DRAIN_AT {
                 self.exporter.drain(0, &PCPU0.ring);
             }
         }
     }
 
-    /// Runs vCPU `j` of VM `i` until it halts, stops, or its slice ends with others waiting.
+    /// Every vCPU is halted: waits for the first guest timer (or the end of the run),
+    /// sampling each slot at its boundary as idle. The pCPU polls the TSC rather than
+    /// halting, so that both the guest timer and the idle slot are served on time: an HLT
+    /// would wake only at the next tick, up to a period late. (Costs a busy pCPU while
+    /// every vCPU on it is halted; ticks that come first still sample.)
+    fn idle(&mut self) {
+        let next_timer = self
+            .vms
+            .iter()
+            .filter(|vm| vm.stopped.is_none())
+            .flat_map(|vm| vm.vcpus.iter())
+            .filter_map(|c| c.timer.map(|t| t.deadline_tsc))
+            .min();
+        instr::enable_interrupts();
+        loop {
+            let now = instr::rdtsc();
+            let slot_due = PCPU0.grid.next_unclaimed_start().is_some_and(|t| now >= t);
+            if slot_due && PCPU0.sample_host_if_due(idle_rip(), now) {
+                self.stats.idle_samples += 1;
+            }
+            // Nothing to wait for (a vCPU halted with IF clear and a vector pending): the
+            // caller's loop comes back here.
+            let wake = next_timer.into_iter().chain(self.run_until).min();
+            if wake.is_none_or(|w| now >= w) {
+                return;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Runs vCPU `j` of VM `i` until it halts, stops, or its slice ends.
     fn run_vcpu(&mut self, i: usize, j: usize) {
         let vmcs_pa = self.vms[i].vcpus[j].vmcs;
         if self.current_vmcs != vmcs_pa {
-            // SAFETY: in VMX root operation; the VMCS was set up by build_vm.
-            if let Err(e) = unsafe { instr::vmptrld(vmcs_pa) } {
+            let region = self
+                .vmcs_regions
+                .iter()
+                .find(|r| r.pa() == vmcs_pa)
+                .unwrap_or_else(|| fatal(format_args!("no VMCS region at {vmcs_pa:#x}")));
+            if let Err(e) = self.root.load(region) {
                 fatal(format_args!("VMPTRLD {vmcs_pa:#x}: {e}"));
             }
             self.current_vmcs = vmcs_pa;
@@ -462,25 +473,34 @@ impl Runner {
             vcpu: j as u16,
         };
         PCPU0.set_serving(Some(who));
+        PCPU0.set_running();
         let slice_end = instr::rdtsc() + self.slice_tsc;
         let mut env = HwEnv {
             tsc_hz: self.tsc_hz,
         };
         loop {
+            // From here to the exit's sample, interrupts are off: the tick cannot come
+            // between claiming a slot and recording its sample, and ring order is TSC order.
+            instr::disable_interrupts();
+            // A slot that began while the host ran gets its (host) sample here, so the
+            // preemption timer below is always armed for a slot still to come.
+            if PCPU0.sample_host_if_due(entry_path_rip(), instr::rdtsc()) {
+                self.stats.entry_samples += 1;
+            }
             self.prepare_entry(i, j, slice_end);
             let vm = &mut self.vms[i];
             let vcpu = &mut vm.vcpus[j];
-            PCPU0.set_running();
             let launched = vcpu.launched;
             if let Some(t) = self.sample_exit_at.take() {
                 PCPU0.record_sample_latency(instr::rdtsc().wrapping_sub(t));
             }
-            // SAFETY: VMX root operation, this vCPU's VMCS is current and was filled by
-            // setup_vmcs with HOST_RIP = vmexit_landing and this CPU's host state.
+            // SAFETY: VMX root operation (self.root), this vCPU's VMCS is current (loaded
+            // above) and was filled by setup_vmcs with HOST_RIP = vmexit_landing and this
+            // CPU's host state.
             let entered = unsafe { enter_guest(&mut vcpu.regs, launched) };
             let t_exit = instr::rdtsc();
-            instr::enable_interrupts();
             if let Err(fail) = entered {
+                instr::enable_interrupts();
                 let rip = CurrentVmcs.read(crate::vmx::vmcs::GuestNW::Rip);
                 println!(
                     "hv: vm {}: {} failed: {fail}",
@@ -498,35 +518,64 @@ impl Runner {
             vcpu.launched = true;
             let exit = VmExit::decode(&CurrentVmcs);
             let basic = exit.raw.basic();
-            PCPU0.set_handling(basic as u16);
-            match handle(&exit, vm, j, &mut CurrentVmcs, &mut env) {
-                Outcome::ExternalInterrupt(v) if v == vectors::TIMER => {
-                    let vcpu = &vm.vcpus[j];
-                    let id = GuestId {
+            let reason = exit.raw.reason().ok();
+            let preempted = reason == Some(ExitReason::PreemptionTimer);
+            let tick = reason == Some(ExitReason::ExternalInterrupt)
+                && exit.interruption.vector() == vectors::TIMER;
+            // Guest-mode sampling point: the preemption timer armed for the slot boundary,
+            // or the sampling tick itself (hardware delivers it whatever the guest's IF).
+            let sampled = (preempted || tick)
+                && PCPU0.sample_guest_if_due(
+                    &CurrentVmcs,
+                    GuestId {
                         vm: vm.id,
                         vcpu: j as u16,
                         vpid: vcpu.vpid,
                         last_exit: vcpu.last_exit,
-                    };
-                    PCPU0.take_guest_sample(&CurrentVmcs, id, t_exit);
-                    lapic::eoi();
-                    self.sample_exit_at = Some(t_exit);
-                }
+                    },
+                    t_exit,
+                );
+            if tick {
+                // Acknowledged on exit: the LAPIC waits for its EOI.
+                lapic::eoi();
+            }
+            instr::enable_interrupts();
+            PCPU0.set_handling(basic as u16);
+            match handle(&exit, vm, j, &mut CurrentVmcs, &mut env) {
+                Outcome::ExternalInterrupt(v) if v == vectors::TIMER => {}
                 Outcome::ExternalInterrupt(_) => {
                     self.other_interrupts += 1;
                     lapic::eoi();
-                    vm.vcpus[j].last_exit = Some(basic as u16);
                 }
                 Outcome::Nmi => {
                     self.nmis += 1;
                     instr::reflect_nmi_to_host();
-                    vm.vcpus[j].last_exit = Some(basic as u16);
                 }
-                Outcome::Continue => vm.vcpus[j].last_exit = Some(basic as u16),
+                Outcome::Continue => {}
             }
             let vcpu = &mut vm.vcpus[j];
+            let timer_fired = vcpu.fire_timer(t_exit);
+            // An exit only for sampling leaves the vCPU's "last exit" alone: samples report
+            // the last exit the guest itself caused (or a slice end / timer deadline).
+            let sampling_only = tick || (preempted && !timer_fired && t_exit < slice_end);
+            if !sampling_only {
+                vcpu.last_exit = Some(basic as u16);
+            }
+            if preempted {
+                self.stats.preemption_exits += 1;
+                self.stats.preemption_samples += u64::from(sampled);
+                self.stats.preemption_sampling_only += u64::from(sampling_only);
+            }
+            if tick {
+                self.stats.tick_exits += 1;
+                self.stats.tick_exit_samples += u64::from(sampled);
+            }
+            if sampled && sampling_only {
+                self.sample_exit_at = Some(t_exit);
+            }
             vcpu.exits
                 .record(basic, instr::rdtsc().wrapping_sub(t_exit));
+            PCPU0.set_running();
             if vm.stopped.is_some() {
                 report_stop(vm);
                 return;
@@ -537,13 +586,14 @@ impl Runner {
             if instr::rdtsc() >= slice_end {
                 return;
             }
-            if PCPU0.ring.len() > RING_LEN / 2 {
+            if PCPU0.ring.len() > DRAIN_AT {
                 self.exporter.drain(0, &PCPU0.ring);
             }
         }
     }
 
-    /// Event injection and the preemption timer for the next entry.
+    /// Event injection and the preemption timer for the next entry: it fires at the
+    /// earliest of the slice end, the guest's timer and the start of the next sampling slot.
     fn prepare_entry(&mut self, i: usize, j: usize, slice_end: u64) {
         let vcpu = &mut self.vms[i].vcpus[j];
         let mut vmcs = CurrentVmcs;
@@ -570,16 +620,21 @@ impl Runner {
             let _ = vmcs.write(Control32::ProcBasedControls, proc as u64);
             vcpu.window_exiting = want_window;
         }
-        let now = instr::rdtsc();
-        let deadline = vcpu
-            .timer
-            .map_or(slice_end, |t| t.deadline_tsc.min(slice_end));
-        let ticks = deadline.saturating_sub(now) >> self.preemption_shift;
-        let _ = vmcs.write(Guest32::PreemptionTimerValue, ticks.min(u32::MAX as u64));
+        let mut deadline = slice_end;
+        if let Some(t) = vcpu.timer {
+            deadline = deadline.min(t.deadline_tsc);
+        }
+        if let Some(t) = PCPU0.grid.next_unclaimed_start() {
+            deadline = deadline.min(t);
+        }
+        let value = preemption::timer_value(instr::rdtsc(), deadline, self.preemption_shift);
+        let _ = vmcs.write(Guest32::PreemptionTimerValue, u64::from(value));
     }
 
     fn finish(mut self, reason: &'static str) -> ! {
         time::set_tick_hook(None);
+        let end_tsc = instr::rdtsc();
+        let grid = PCPU0.grid.finish(end_tsc);
         for vm in self.vms.iter_mut() {
             if let Some(line) = vm.uart.flush() {
                 println!("[{}] {}", vm.name, Lossy(line));
@@ -596,21 +651,42 @@ impl Runner {
             }
         }
         self.exporter.drain(0, &PCPU0.ring);
-        self.exporter.end(instr::rdtsc());
+        self.exporter.end(end_tsc);
+        let load =
+            |a: &core::sync::atomic::AtomicU64| a.load(core::sync::atomic::Ordering::Relaxed);
+        let host = load(&PCPU0.host_samples);
+        let st = &self.stats;
         println!(
-            "hv: samples: {} guest, {} host, {} dropped (ring full); log: {} frames, {} samples on COM2",
-            PCPU0
-                .guest_samples
-                .load(core::sync::atomic::Ordering::Relaxed),
-            PCPU0
-                .host_samples
-                .load(core::sync::atomic::Ordering::Relaxed),
+            "hv: samples: {} guest, {} host, {} missed slots, {} dropped (ring full); log: {} frames, {} samples on COM2",
+            load(&PCPU0.guest_samples),
+            host,
+            grid.missed,
             self.exporter.dropped,
             self.exporter.frames,
             self.exporter.samples
         );
+        println!(
+            "hv: sampling grid: {} slots of {} tsc ticks; guest samples from {} preemption-timer exits and {} interrupt exits; host samples from {} ticks, {} entry paths and {} idle polls; {} sampling points found their slot taken",
+            grid.sampled + grid.missed,
+            PCPU0.grid.period(),
+            st.preemption_samples,
+            st.tick_exit_samples,
+            host - st.entry_samples - st.idle_samples,
+            st.entry_samples,
+            st.idle_samples,
+            grid.redundant
+        );
+        println!(
+            "hv: sampling exits: {} preemption-timer exits ({} only for sampling), {} exits on the sampling vector",
+            st.preemption_exits, st.preemption_sampling_only, st.tick_exits
+        );
         match PCPU0.average_sample_latency() {
-            Some(avg) => println!("hv: sample exit->entry avg {avg} tsc ticks"),
+            Some(avg) => println!(
+                "hv: sample exit->entry avg {avg} tsc ticks ({} sampling exits)",
+                PCPU0
+                    .sample_exits
+                    .load(core::sync::atomic::Ordering::Relaxed)
+            ),
             None => println!("hv: sample exit->entry avg n/a (no sampling exit)"),
         }
         if self.other_interrupts + self.nmis > 0 {
@@ -658,38 +734,31 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
     let caps = VmxCaps::probe(&CpuCaps).unwrap_or_else(|e| fatal_vmx(e));
     print_caps(&caps);
     let ctl = caps.controls().unwrap_or_else(|e| fatal_vmx(e));
-    if let FeatureControlAction::WriteAndLock(v) = caps.feature_control {
-        // SAFETY: IA32_FEATURE_CONTROL exists (VMX is present) and is unlocked.
-        unsafe { instr::wrmsr(Msr::IA32_FEATURE_CONTROL, v) };
-    }
-    // SAFETY: the fixed bits only add what VMX operation requires (CR4.VMXE, CR0.NE/PE/PG
-    // which long mode already has); the hypervisor keeps running unchanged.
-    unsafe {
-        instr::write_cr4(caps.fix_cr4(instr::read_cr4() | cr4::VMXE));
-        instr::write_cr0(caps.fix_cr0(instr::read_cr0()));
-    }
-    let vmxon = vmx_region(&caps);
-    // SAFETY: CR4.VMXE is set, CR0/CR4 satisfy the fixed bits, the region holds the
-    // revision identifier and stays reserved.
-    if let Err(e) = unsafe { instr::vmxon(vmxon) } {
-        fatal(format_args!("VMXON failed: {e}"));
-    }
+    let root = match VmxRoot::enable() {
+        Ok(r) => r,
+        Err(VmxOnError::Unavailable(e)) => fatal_vmx(e),
+        Err(e) => fatal(e),
+    };
+    let caps = root.caps();
     println!(
         "hv: VMX on for pCPU 0 (VMCS revision {:#x}, {} controls, preemption timer TSC>>{}); SMP is a later step",
         caps.revision_id(),
         if caps.true_controls { "TRUE" } else { "plain" },
         caps.preemption_timer_rate()
     );
-    // SAFETY: VMX root operation; all-context INVEPT is supported (checked by probe) or
-    // single-context is, in which case the hierarchies are fresh and nothing is cached.
-    if caps.ept_vpid & crate::vmx::caps::ept_vpid_cap::INVEPT_ALL_CONTEXT != 0 {
-        let _ = unsafe { instr::invept(InveptType::AllContext, 0) };
+    // Without the all-context type only single-context INVEPT exists (checked by the
+    // probe); the hierarchies are fresh then and nothing is cached.
+    if let Some(Err(e)) = root.invept_all() {
+        fatal(format_args!("INVEPT: {e}"));
     }
 
     let cfg = &boot.config;
     let mut vms = Vec::new();
+    let mut vmcs_regions = Vec::new();
     for (id, spec) in cfg.vms.iter().enumerate() {
-        vms.push(build_vm(id as u16, spec, boot, &caps, &ctl));
+        let (vm, vmcs) = build_vm(id as u16, spec, boot, &root, &ctl);
+        vms.push(vm);
+        vmcs_regions.push(vmcs);
     }
     if vms.is_empty() {
         println!("hv: no vm= on the command line; nothing to run");
@@ -734,22 +803,27 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
         },
         &infos,
     );
+    // One grid of slots from start_tsc; every sampling point claims its slot in it.
+    PCPU0.grid.start(start_tsc, period_tsc);
     time::set_tick_hook(Some(host_tick));
-    if let Err(e) = time::start_periodic(cfg.sample_hz) {
+    if let Err(e) = time::start_periodic_shortened(cfg.sample_hz, TICK_SHORTEN_SHIFT) {
         fatal(format_args!("sampling timer at {} Hz: {e}", cfg.sample_hz));
     }
     println!(
-        "hv: sampling at {} Hz on vector {:#x} (period {} tsc ticks); {} VM(s); run_ms={}",
+        "hv: sampling at {} Hz: one slot of {} tsc ticks at a time, guest mode by the preemption timer, host mode by the tick on vector {:#x}; {} VM(s); run_ms={}",
         cfg.sample_hz,
-        vectors::TIMER,
         period_tsc,
+        vectors::TIMER,
         vms.len(),
         cfg.run_ms
     );
+    let preemption_shift = caps.preemption_timer_rate();
     let runner = Runner {
+        root,
         vms,
+        vmcs_regions,
         ctl,
-        preemption_shift: caps.preemption_timer_rate(),
+        preemption_shift,
         tsc_hz,
         slice_tsc: tsc_hz / 1000 * SLICE_MS,
         run_until: (cfg.run_ms > 0).then(|| start_tsc + tsc_hz / 1000 * cfg.run_ms),
@@ -758,6 +832,7 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
         sample_exit_at: None,
         other_interrupts: 0,
         nmis: 0,
+        stats: SamplingStats::default(),
         exporter,
     };
     runner.run()

@@ -207,6 +207,20 @@ impl Vcpu {
             window_exiting: false,
         }
     }
+
+    /// Fires the guest timer if its deadline is at or before `now`: the vector is queued
+    /// for injection and a halted vCPU wakes. Returns whether it fired.
+    pub fn fire_timer(&mut self, now: u64) -> bool {
+        match self.timer {
+            Some(t) if now >= t.deadline_tsc => {
+                self.timer = None;
+                self.pending_vector = Some(t.vector);
+                self.halted = false;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One VM.
@@ -480,6 +494,26 @@ mod tests {
             efer: 0xd00,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn guest_timer_fires_once_at_its_deadline_and_wakes_the_vcpu() {
+        let mut v = Vcpu::new(0, 1, 0x9000);
+        assert!(!v.fire_timer(100), "no timer set");
+        v.halted = true;
+        v.timer = Some(GuestTimer {
+            deadline_tsc: 1000,
+            vector: 0x30,
+        });
+        assert!(!v.fire_timer(999));
+        assert!(v.halted);
+        assert_eq!(v.pending_vector, None);
+        assert!(v.fire_timer(1000));
+        assert_eq!(
+            (v.halted, v.pending_vector, v.timer),
+            (false, Some(0x30), None)
+        );
+        assert!(!v.fire_timer(2000), "one-shot");
     }
 
     #[test]

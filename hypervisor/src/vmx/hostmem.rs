@@ -39,3 +39,42 @@ impl<F: FnMut() -> Option<u64>> TableMemory for IdentityTables<F> {
         unsafe { &mut *(pa as *mut [u64; 512]) }
     }
 }
+
+/// Frames taken from the frame allocator and never given back: owning a `HostFrames` is
+/// owning that memory, so its bytes are reachable without `unsafe` at the call site.
+/// Dropping one leaks the frames (they stay reserved; nothing else can reach them).
+#[derive(Debug)]
+pub struct HostFrames {
+    pa: u64,
+    len: usize,
+}
+
+impl HostFrames {
+    /// `frames` zeroed, contiguous frames aligned to `align` BYTES (at least 4 KiB).
+    pub fn alloc_zeroed(frames: u64, align: u64) -> Option<HostFrames> {
+        let len = usize::try_from(frames.checked_mul(super::ept::PAGE_SIZE)?).ok()?;
+        let pa = crate::memory::alloc_zeroed_frames(frames, align)?;
+        Some(HostFrames { pa, len })
+    }
+
+    /// Host-physical address of the first frame.
+    pub fn pa(&self) -> u64 {
+        self.pa
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frames' bytes.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the frame allocator handed these frames out once, to this value, and they
+        // are never freed; they are identity-mapped (virtual == physical). `&mut self`
+        // makes this the only borrow.
+        unsafe { phys_bytes(self.pa, self.len) }
+    }
+}

@@ -333,3 +333,10 @@ pub fn read_rflags() -> u64 {
     unsafe { asm!("pushfq", "pop {}", out(reg) v, options(nomem, preserves_flags)) };
     v
 }
+
+/// CLI: the run loop takes its guest samples and enters the guest with interrupts off, so
+/// that the sampling tick cannot slip between claiming a slot and recording its sample.
+pub fn disable_interrupts() {
+    // SAFETY: CLI only masks maskable interrupts; nothing relies on them being on here.
+    unsafe { asm!("cli", options(nostack, nomem)) };
+}
