@@ -1,0 +1,153 @@
+//! Reading the log and the side files, with one-line messages for bad input.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vmlog::{Decoder, Item, LogError, LogHeader, Sample, SchedEvent, Stats, VmEntry};
+
+/// A fatal problem: nothing usable remains. `Display` is one line.
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// What a pass over a log saw, besides the samples handed to the sink.
+#[derive(Debug, Default)]
+pub struct LogInfo {
+    /// Header, if its frame survived.
+    pub header: Option<LogHeader>,
+    /// VM table.
+    pub vms: BTreeMap<u16, VmEntry>,
+    /// End record, if present.
+    pub end: Option<vmlog::End>,
+    /// Decoder counters.
+    pub stats: Stats,
+    /// File size.
+    pub file_bytes: u64,
+    /// Problems that did not stop the pass (one line each).
+    pub warnings: Vec<String>,
+}
+
+/// Receives the decoded records in log order.
+pub trait Sink {
+    /// A batch of samples of one pCPU (header and VM table, when present, have
+    /// been seen before).
+    fn samples(&mut self, info: &LogInfo, pcpu: u16, samples: &[Sample]);
+    /// A scheduling event.
+    fn sched(&mut self, _pcpu: u16, _ev: &SchedEvent) {}
+}
+
+/// Decodes `path`, feeding `sink`. Fails only when the log cannot be read at
+/// all or is of a newer format.
+pub fn read_log(path: &Path, sink: &mut dyn Sink) -> Result<LogInfo, Fatal> {
+    let shown = path.display();
+    let file = File::open(path).map_err(|e| Fatal(format!("{shown}: cannot open the log: {e}")))?;
+    let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut info = LogInfo {
+        file_bytes,
+        ..Default::default()
+    };
+    let mut dec = Decoder::new(BufReader::with_capacity(1 << 16, file));
+    let progress = std::io::stderr().is_terminal() && file_bytes > (16 << 20);
+    let mut last_progress = Instant::now();
+    let mut n = 0u64;
+    while let Some(item) = dec.next() {
+        n += 1;
+        if progress && n.is_multiple_of(256) && last_progress.elapsed() > Duration::from_millis(250)
+        {
+            last_progress = Instant::now();
+            let pct = 100 * dec.stats().bytes / file_bytes.max(1);
+            eprint!(
+                "\ranalyzer: {pct:3}% of {shown} ({} samples)",
+                dec.stats().samples()
+            );
+            let _ = std::io::stderr().flush();
+        }
+        match item {
+            Ok(Item::Header(h)) => info.header = Some(h),
+            Ok(Item::Vm(v)) => {
+                info.vms.insert(v.id, v);
+            }
+            Ok(Item::Samples { pcpu, samples }) => sink.samples(&info, pcpu, &samples),
+            Ok(Item::Sched { pcpu, event }) => sink.sched(pcpu, &event),
+            Ok(Item::End(e)) => info.end = Some(e),
+            Ok(_) => {}
+            Err(e @ LogError::NewerVersion { .. }) => return Err(Fatal(format!("{shown}: {e}"))),
+            Err(LogError::Io(e)) => {
+                info.warnings.push(format!(
+                    "{shown}: read error, using what was read before it: {e}"
+                ));
+                break;
+            }
+        }
+    }
+    if progress {
+        eprint!("\r{:60}\r", "");
+    }
+    info.stats = dec.stats().clone();
+    if file_bytes == 0 {
+        return Err(Fatal(format!("{shown}: the log is empty (0 bytes)")));
+    }
+    Ok(info)
+}
+
+/// One-line notes on what was skipped or missing in the log.
+pub fn log_notes(path: &Path, info: &LogInfo) -> Vec<String> {
+    let s = &info.stats;
+    let shown = path.display();
+    let mut v = Vec::new();
+    if s.corrupt_frames > 0 {
+        v.push(format!(
+            "{shown}: skipped {} corrupt frame(s)",
+            s.corrupt_frames
+        ));
+    }
+    if s.unknown_records > 0 {
+        v.push(format!(
+            "{shown}: skipped {} record(s) of a newer minor format version",
+            s.unknown_records
+        ));
+    }
+    for (stream, st) in &s.streams {
+        if st.gaps > 0 {
+            let what = if *stream == vmlog::GLOBAL_STREAM {
+                "global stream".to_string()
+            } else {
+                format!("pCPU {stream}")
+            };
+            v.push(format!(
+                "{shown}: {what}: {} sequence gap(s), {} frame(s) missing",
+                st.gaps, st.missing_frames
+            ));
+        }
+    }
+    if s.dropped() > 0 {
+        v.push(format!(
+            "{shown}: the hypervisor dropped {} sample(s)",
+            s.dropped()
+        ));
+    }
+    if info.header.is_none() && s.samples() > 0 {
+        v.push(format!(
+            "{shown}: no log header (lost or truncated): sampling period estimated, times unknown"
+        ));
+    }
+    if info.end.is_none() && s.samples() > 0 {
+        v.push(format!("{shown}: no end record: the log is truncated"));
+    }
+    v
+}
+
+/// Reads a side file (bundle, ELF, kallsyms) or says why not, in one line.
+pub fn read_side_file(flag: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: cannot read: {e}", path.display()))
+}

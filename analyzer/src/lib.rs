@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod check;
+pub mod cli;
+pub mod input;
+pub mod procs;
+pub mod report;
+pub mod symbols;
+pub mod synth;
+
+pub use input::Fatal;

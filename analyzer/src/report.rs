@@ -1,0 +1,765 @@
+//! `analyzer report`: host- and guest-level profiles.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use guest_kit::Bundle;
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use vmlog::{Sample, SchedEvent};
+
+use crate::aggregate::{Aggregator, GuestKey, VcpuCounts};
+use crate::input::{self, Fatal, LogInfo, Sink};
+use crate::procs::{self, ProcIndex, ProcKey};
+use crate::symbols::{self, ElfImage, SymbolTable};
+
+/// Which levels to print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Level {
+    /// Hypervisor functions and one line per VM.
+    Host,
+    /// Per VM (and per vCPU with --vcpu): guest functions, idle and steal.
+    Guest,
+    /// Both.
+    #[default]
+    Both,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    /// The paper's tables.
+    #[default]
+    Text,
+    /// Stable JSON (see analyzer/README.md).
+    Json,
+}
+
+/// Options of `analyzer report`.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The sample log.
+    pub log: PathBuf,
+    /// Guest bundles.
+    pub bundles: Vec<PathBuf>,
+    /// Guest ELF files with symbols.
+    pub elfs: Vec<PathBuf>,
+    /// Hypervisor ELF.
+    pub hv_elf: Option<PathBuf>,
+    /// A kallsyms file for guests whose bundle has no `ksym` lines.
+    pub kallsyms: Option<PathBuf>,
+    /// Only this VM at guest level.
+    pub vm: Option<String>,
+    /// Also a section for this vCPU.
+    pub vcpu: Option<u16>,
+    /// Only rows of this guest PID.
+    pub pid: Option<u32>,
+    /// Only rows of processes with this name.
+    pub comm: Option<String>,
+    /// Window start, seconds from the start of the log.
+    pub from: Option<f64>,
+    /// Window end, seconds from the start of the log.
+    pub to: Option<f64>,
+    /// Rows per table (0 = all).
+    pub top: usize,
+    /// Levels.
+    pub level: Level,
+}
+
+/// One share of a section's total (`OS`, `USER`, ...).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Share {
+    /// `OS`, `USER`, `VM`, `IDLE` or `steal`.
+    pub name: &'static str,
+    /// Samples.
+    pub samples: u64,
+    /// Percent of the section total.
+    pub percent: f64,
+}
+
+/// Kind of a row.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum RowKind {
+    /// A symbolised function.
+    Function,
+    /// Code whose function is unknown.
+    Unknown,
+    /// A VM (host level).
+    Vm,
+    /// Idle slots.
+    Idle,
+    /// Steal slots.
+    Steal,
+}
+
+/// One table row.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Row {
+    /// Samples.
+    pub samples: u64,
+    /// Percent of the section total.
+    pub percent: f64,
+    /// Function column.
+    pub function: String,
+    /// Module column.
+    pub module: String,
+    /// What the row is.
+    pub kind: RowKind,
+}
+
+/// One table.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Section {
+    /// `host` or `guest`.
+    pub level: &'static str,
+    /// VM name (guest level).
+    pub vm: Option<String>,
+    /// VM id (guest level).
+    pub vm_id: Option<u16>,
+    /// vCPU (per-vCPU sections).
+    pub vcpu: Option<u16>,
+    /// Total samples.
+    pub total: u64,
+    /// Shares of the total.
+    pub shares: Vec<Share>,
+    /// Rows, largest first, at most `--top`.
+    pub rows: Vec<Row>,
+    /// Rows left out by `--top`.
+    pub rows_omitted: usize,
+}
+
+/// Log facts in the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LogSummary {
+    /// Log path.
+    pub path: String,
+    /// Bytes.
+    pub bytes: u64,
+    /// Frames decoded.
+    pub frames: u64,
+    /// Samples decoded (all, before the time window).
+    pub samples: u64,
+    /// Samples in the window.
+    pub samples_in_window: u64,
+    /// Corrupt frames skipped.
+    pub corrupt_frames: u64,
+    /// Sequence gaps.
+    pub sequence_gaps: u64,
+    /// Samples the hypervisor reported dropped.
+    pub dropped_samples: u64,
+    /// TSC Hz (0 when the header is missing).
+    pub tsc_hz: u64,
+    /// Sampling period in TSC ticks.
+    pub period_tsc: u64,
+    /// Hypervisor build id from the header.
+    pub hv_build_id: Option<String>,
+}
+
+/// The whole report (the JSON document).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    /// Version of this JSON layout.
+    pub report_version: u32,
+    /// Log facts.
+    pub log: LogSummary,
+    /// Host level (absent with `--level guest`).
+    pub host: Option<Section>,
+    /// Guest level sections.
+    pub guests: Vec<Section>,
+    /// One-line notes on skipped or missing input.
+    pub warnings: Vec<String>,
+}
+
+fn pct(n: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        // Rounded to 2 decimals so text and JSON agree.
+        (n as f64 * 10000.0 / total as f64).round() / 100.0
+    }
+}
+
+struct Collect<'a> {
+    opts: &'a Options,
+    bundles_by_name: &'a BTreeMap<String, usize>,
+    bundles: &'a [Bundle],
+    agg: Option<Aggregator>,
+    warnings: Vec<String>,
+    vm_bundle: BTreeMap<u16, usize>,
+}
+
+impl Collect<'_> {
+    fn start(&mut self, info: &LogInfo, first: &[Sample]) -> Aggregator {
+        let (period, start, hz) = match &info.header {
+            Some(h) => (h.period_tsc, h.start_tsc, h.tsc_hz),
+            None => {
+                let est = first
+                    .windows(2)
+                    .map(|w| w[1].tsc.wrapping_sub(w[0].tsc))
+                    .filter(|d| *d > 0 && *d < u64::MAX / 2)
+                    .min()
+                    .unwrap_or(1);
+                (est, first.first().map_or(0, |s| s.tsc), 0)
+            }
+        };
+        let mut window = (0, u64::MAX);
+        if self.opts.from.is_some() || self.opts.to.is_some() {
+            if hz == 0 {
+                self.warnings
+                    .push("--from/--to ignored: the log header (TSC rate) is missing".to_string());
+            } else {
+                let at = |s: f64| start.saturating_add((s.max(0.0) * hz as f64) as u64);
+                window = (
+                    self.opts.from.map_or(0, at),
+                    self.opts.to.map_or(u64::MAX, at),
+                );
+            }
+        }
+        // Match bundles to VM ids by name.
+        for (id, vm) in &info.vms {
+            if let Some(&b) = self.bundles_by_name.get(&vm.name) {
+                self.vm_bundle.insert(*id, b);
+            }
+        }
+        if info.vms.is_empty() && self.bundles.len() == 1 {
+            self.warnings.push(format!(
+                "the log's VM table is missing: bundle for `{}` assumed to be VM 0",
+                self.bundles[0].vm
+            ));
+            self.vm_bundle.insert(0, 0);
+        }
+        let procs: FxHashMap<u16, ProcIndex> = self
+            .vm_bundle
+            .iter()
+            .map(|(id, b)| (*id, ProcIndex::new(&self.bundles[*b])))
+            .collect();
+        Aggregator::new(period, window, procs)
+    }
+}
+
+impl Sink for Collect<'_> {
+    fn samples(&mut self, info: &LogInfo, pcpu: u16, samples: &[Sample]) {
+        if self.agg.is_none() {
+            let a = self.start(info, samples);
+            self.agg = Some(a);
+        }
+        if let Some(a) = self.agg.as_mut() {
+            a.feed(pcpu, samples);
+        }
+    }
+
+    fn sched(&mut self, pcpu: u16, ev: &SchedEvent) {
+        if let Some(a) = self.agg.as_mut() {
+            a.sched(pcpu, ev);
+        }
+    }
+}
+
+/// Loaded ELF files, found by file name.
+struct Elfs {
+    images: Vec<ElfImage>,
+    by_name: FxHashMap<String, usize>,
+}
+
+impl Elfs {
+    fn find(&self, path: &str) -> Option<&ElfImage> {
+        let base = procs::basename(path);
+        let stem = base.split('.').next().unwrap_or(base);
+        self.by_name
+            .get(base)
+            .or_else(|| self.by_name.get(stem))
+            .map(|&i| &self.images[i])
+    }
+}
+
+/// Symbolises one VM's guest samples.
+struct GuestSyms<'a> {
+    bundle: Option<&'a Bundle>,
+    labels: Vec<String>,
+    maps: FxHashMap<u32, Vec<guest_kit::Map>>,
+    ksyms: SymbolTable,
+    elfs: &'a Elfs,
+}
+
+impl GuestSyms<'_> {
+    fn kernel_module(&self, rip: u64) -> String {
+        self.bundle
+            .and_then(|b| b.kmaps.iter().find(|k| k.start <= rip && rip < k.end))
+            .map_or_else(
+                || "vmlinux".to_string(),
+                |k| procs::basename(&k.path).to_string(),
+            )
+    }
+
+    fn resolve(&self, k: &GuestKey) -> (String, String, RowKind) {
+        if k.kernel {
+            if let Some(name) = self.ksyms.lookup(k.rip) {
+                let (f, m) = symbols::split_ksym(name);
+                let module = m.map_or_else(|| self.kernel_module(k.rip), str::to_string);
+                return (f.to_string(), module, RowKind::Function);
+            }
+            let module = self.kernel_module(k.rip);
+            if let Some(f) = self
+                .elfs
+                .find(&module)
+                .and_then(|e| e.symbols.lookup(k.rip))
+            {
+                return (f.to_string(), module, RowKind::Function);
+            }
+            return ("[unknown]".to_string(), module, RowKind::Unknown);
+        }
+        let (label, pid) = match k.proc_ {
+            ProcKey::Known(i) => {
+                let p = self.bundle.and_then(|b| b.procs.get(i as usize));
+                (
+                    self.labels.get(i as usize).cloned().unwrap_or_default(),
+                    p.map(|p| (p.pid, p.comm.as_str())),
+                )
+            }
+            ProcKey::Unknown(cr3) => (format!("cr3:{cr3:#x}"), None),
+        };
+        let Some((pid, comm)) = pid else {
+            return ("[unknown]".to_string(), label, RowKind::Unknown);
+        };
+        let Some(map) = self.maps.get(&pid).and_then(|m| procs::find_map(m, k.rip)) else {
+            return ("[unknown]".to_string(), label, RowKind::Unknown);
+        };
+        let obj = procs::basename(&map.path);
+        // The program itself is shown as the process; other objects as process:object.
+        let main = obj == comm || (comm.len() >= 15 && obj.starts_with(comm));
+        let module = if main {
+            label
+        } else {
+            format!("{label}:{obj}")
+        };
+        let off = (k.rip - map.start).wrapping_add(map.offset);
+        match self
+            .elfs
+            .find(&map.path)
+            .and_then(|e| e.vaddr_of_offset(off).and_then(|a| e.symbols.lookup(a)))
+        {
+            Some(f) => (f.to_string(), module, RowKind::Function),
+            None => ("[unknown]".to_string(), module, RowKind::Unknown),
+        }
+    }
+}
+
+fn finish_rows(mut rows: Vec<Row>, top: usize) -> (Vec<Row>, usize) {
+    rows.sort_by(|a, b| {
+        b.samples
+            .cmp(&a.samples)
+            .then_with(|| a.function.cmp(&b.function))
+            .then_with(|| a.module.cmp(&b.module))
+    });
+    let omitted = if top > 0 && rows.len() > top {
+        rows.len() - top
+    } else {
+        0
+    };
+    if top > 0 {
+        rows.truncate(top);
+    }
+    (rows, omitted)
+}
+
+fn guest_section(
+    opts: &Options,
+    syms: &GuestSyms<'_>,
+    vm_name: &str,
+    vm_id: u16,
+    vcpu: Option<u16>,
+    parts: &[&VcpuCounts],
+) -> Section {
+    let os: u64 = parts.iter().map(|c| c.os).sum();
+    let user: u64 = parts.iter().map(|c| c.user).sum();
+    let idle: u64 = parts.iter().map(|c| c.idle).sum();
+    let steal: u64 = parts.iter().map(|c| c.steal()).sum();
+    let total = os + user + idle + steal;
+    let filtering = opts.pid.is_some() || opts.comm.is_some();
+    let keep = |k: &GuestKey| -> bool {
+        if !filtering {
+            return true;
+        }
+        let ProcKey::Known(i) = k.proc_ else {
+            return false;
+        };
+        let Some(p) = syms.bundle.and_then(|b| b.procs.get(i as usize)) else {
+            return false;
+        };
+        opts.pid.is_none_or(|pid| p.pid == pid) && opts.comm.as_ref().is_none_or(|c| &p.comm == c)
+    };
+    let mut acc: BTreeMap<(String, String, RowKind), u64> = BTreeMap::new();
+    for c in parts {
+        for (k, n) in c.funcs() {
+            if keep(&k) {
+                *acc.entry(syms.resolve(&k)).or_default() += n;
+            }
+        }
+        if !filtering {
+            let mut add = |f: &str, m: String, kind, n: u64| {
+                if n > 0 {
+                    *acc.entry((f.to_string(), m, kind)).or_default() += n;
+                }
+            };
+            add("[idle]", "(halt_exit)".to_string(), RowKind::Idle, c.idle);
+            add(
+                "[steal]",
+                "(outside)".to_string(),
+                RowKind::Steal,
+                c.steal_outside,
+            );
+            for (sib, n) in &c.steal_on {
+                add("[steal]", format!("(on vcpu{sib})"), RowKind::Steal, *n);
+            }
+        }
+    }
+    let rows = acc
+        .into_iter()
+        .map(|((function, module, kind), samples)| Row {
+            samples,
+            percent: pct(samples, total),
+            function,
+            module,
+            kind,
+        })
+        .collect();
+    let (rows, rows_omitted) = finish_rows(rows, opts.top);
+    let share = |name, samples| Share {
+        name,
+        samples,
+        percent: pct(samples, total),
+    };
+    Section {
+        level: "guest",
+        vm: Some(vm_name.to_string()),
+        vm_id: Some(vm_id),
+        vcpu,
+        total,
+        shares: vec![
+            share("OS", os),
+            share("USER", user),
+            share("IDLE", idle),
+            share("steal", steal),
+        ],
+        rows,
+        rows_omitted,
+    }
+}
+
+/// Builds the report. Fails only when nothing usable remains.
+pub fn build(opts: &Options) -> Result<Report, Fatal> {
+    let mut warnings = Vec::new();
+    // Side files first: their problems are warnings.
+    let mut bundles = Vec::new();
+    for path in &opts.bundles {
+        match input::read_side_file("--bundle", path) {
+            Err(w) => warnings.push(w),
+            Ok(bytes) => match std::str::from_utf8(&bytes) {
+                Err(_) => warnings.push(format!("--bundle {}: not UTF-8 text", path.display())),
+                Ok(text) => match Bundle::parse(text) {
+                    Ok(b) => bundles.push(b),
+                    Err(e) => warnings.push(format!("--bundle {}: {e}", path.display())),
+                },
+            },
+        }
+    }
+    let bundles_by_name: BTreeMap<String, usize> = bundles
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.vm.clone(), i))
+        .collect();
+    let mut elfs = Elfs {
+        images: Vec::new(),
+        by_name: FxHashMap::default(),
+    };
+    for path in &opts.elfs {
+        match input::read_side_file("--elf", path)
+            .and_then(|d| ElfImage::parse(&d).map_err(|e| format!("--elf {}: {e}", path.display())))
+        {
+            Err(w) => warnings.push(w),
+            Ok(img) => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let stem = name.split('.').next().unwrap_or(&name).to_string();
+                elfs.by_name.insert(name, elfs.images.len());
+                elfs.by_name.entry(stem).or_insert(elfs.images.len());
+                elfs.images.push(img);
+            }
+        }
+    }
+    let hv = opts.hv_elf.as_ref().and_then(|path| {
+        match input::read_side_file("--hv-elf", path).and_then(|d| {
+            ElfImage::parse(&d).map_err(|e| format!("--hv-elf {}: {e}", path.display()))
+        }) {
+            Ok(i) => Some(i),
+            Err(w) => {
+                warnings.push(w);
+                None
+            }
+        }
+    });
+    let extra_ksyms =
+        opts.kallsyms
+            .as_ref()
+            .and_then(|path| match input::read_side_file("--kallsyms", path) {
+                Err(w) => {
+                    warnings.push(w);
+                    None
+                }
+                Ok(d) => {
+                    let (syms, bad) = symbols::parse_kallsyms(&String::from_utf8_lossy(&d));
+                    if bad > 0 {
+                        warnings.push(format!(
+                            "--kallsyms {}: skipped {bad} line(s) that are not `ADDR TYPE NAME`",
+                            path.display()
+                        ));
+                    }
+                    if syms.is_empty() {
+                        warnings.push(format!("--kallsyms {}: no symbols", path.display()));
+                    }
+                    Some(syms)
+                }
+            });
+
+    let mut collect = Collect {
+        opts,
+        bundles_by_name: &bundles_by_name,
+        bundles: &bundles,
+        agg: None,
+        warnings: Vec::new(),
+        vm_bundle: BTreeMap::new(),
+    };
+    let info = input::read_log(&opts.log, &mut collect)?;
+    warnings.extend(input::log_notes(&opts.log, &info));
+    warnings.append(&mut collect.warnings);
+    let shown = opts.log.display();
+    let Some(mut agg) = collect.agg.take() else {
+        return Err(Fatal(format!(
+            "{shown}: no usable samples ({} bytes, {} frames decoded, {} corrupt frames skipped)",
+            info.file_bytes, info.stats.frames, info.stats.corrupt_frames
+        )));
+    };
+    agg.finish();
+    if agg.host.total == 0 {
+        return Err(Fatal(format!(
+            "{shown}: no samples in the time window ({} samples in the log)",
+            agg.seen
+        )));
+    }
+    for b in &bundles {
+        if !info.vms.values().any(|v| v.name == b.vm)
+            && !collect.vm_bundle.values().any(|&i| bundles[i].vm == b.vm)
+        {
+            let names: Vec<&str> = info.vms.values().map(|v| v.name.as_str()).collect();
+            warnings.push(format!(
+                "bundle for VM `{}` matches no VM of the log (VMs: {})",
+                b.vm,
+                if names.is_empty() {
+                    "unknown".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+    }
+    let vm_name = |id: u16| {
+        info.vms
+            .get(&id)
+            .map_or_else(|| format!("vm{id}"), |v| v.name.clone())
+    };
+
+    // Host level.
+    let host = (opts.level != Level::Guest).then(|| {
+        let h = &agg.host;
+        let mut acc: BTreeMap<(String, String, RowKind), u64> = BTreeMap::new();
+        let mut unresolved = 0;
+        for (rip, n) in &h.host_rips {
+            let f = hv.as_ref().and_then(|e| e.symbols.lookup(*rip));
+            if f.is_none() {
+                unresolved += n;
+            }
+            let kind = if f.is_some() { RowKind::Function } else { RowKind::Unknown };
+            *acc.entry((f.unwrap_or("[unknown]").to_string(), "hypervisor".to_string(), kind)).or_default() += n;
+        }
+        if let (Some(path), true) = (&opts.hv_elf, hv.is_some() && unresolved * 2 > h.host) {
+            warnings.push(format!(
+                "--hv-elf {}: {}% of hypervisor samples fall outside its functions; is it the build that wrote the log{}?",
+                path.display(),
+                (unresolved * 100) / h.host.max(1),
+                info.header.as_ref().map_or(String::new(), |hd| format!(" (build `{}`)", hd.hv_build_id))
+            ));
+        }
+        for (id, n) in h.per_vm.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let id = id as u16;
+            acc.insert((format!("[{}]", vm_name(id)), format!("(VM{id})"), RowKind::Vm), *n);
+        }
+        let rows = acc
+            .into_iter()
+            .map(|((function, module, kind), samples)| Row {
+                samples,
+                percent: pct(samples, h.total),
+                function,
+                module,
+                kind,
+            })
+            .collect();
+        let (rows, rows_omitted) = finish_rows(rows, opts.top);
+        let vm: u64 = h.per_vm.iter().sum();
+        Section {
+            level: "host",
+            vm: None,
+            vm_id: None,
+            vcpu: None,
+            total: h.total,
+            shares: vec![
+                Share { name: "OS", samples: h.host, percent: pct(h.host, h.total) },
+                Share { name: "USER", samples: 0, percent: 0.0 },
+                Share { name: "VM", samples: vm, percent: pct(vm, h.total) },
+            ],
+            rows,
+            rows_omitted,
+        }
+    });
+
+    // Guest level.
+    let mut guests = Vec::new();
+    if opts.level != Level::Host {
+        let mut vm_ids: Vec<u16> = agg.vcpus.iter().map(|c| c.vm).collect();
+        vm_ids.extend(info.vms.keys());
+        vm_ids.sort();
+        vm_ids.dedup();
+        if let Some(want) = &opts.vm
+            && !vm_ids.iter().any(|id| &vm_name(*id) == want)
+        {
+            let names: Vec<String> = vm_ids.iter().map(|id| vm_name(*id)).collect();
+            warnings.push(format!(
+                "--vm {want}: no such VM in the log (VMs: {})",
+                names.join(", ")
+            ));
+        }
+        for id in vm_ids {
+            let name = vm_name(id);
+            if opts.vm.as_ref().is_some_and(|w| w != &name) {
+                continue;
+            }
+            let bundle = collect.vm_bundle.get(&id).map(|&i| &bundles[i]);
+            let mut ksyms = bundle
+                .map(|b| symbols::kallsyms_table(&b.ksyms))
+                .unwrap_or_default();
+            if ksyms.is_empty()
+                && let Some(extra) = &extra_ksyms
+            {
+                ksyms = symbols::kallsyms_table(extra);
+            }
+            let syms = GuestSyms {
+                bundle,
+                labels: bundle.map(procs::labels).unwrap_or_default(),
+                maps: bundle.map(procs::maps_by_pid).unwrap_or_default(),
+                ksyms,
+                elfs: &elfs,
+            };
+            let parts: Vec<&VcpuCounts> = agg.vcpus.iter().filter(|c| c.vm == id).collect();
+            guests.push(guest_section(opts, &syms, &name, id, None, &parts));
+            if let Some(n) = opts.vcpu {
+                let one: Vec<&VcpuCounts> = parts.iter().copied().filter(|c| c.vcpu == n).collect();
+                if one.is_empty() {
+                    warnings.push(format!(
+                        "--vcpu {n}: VM `{name}` has no samples of vCPU {n}"
+                    ));
+                } else {
+                    guests.push(guest_section(opts, &syms, &name, id, Some(n), &one));
+                }
+            }
+        }
+    }
+
+    let s = &info.stats;
+    Ok(Report {
+        report_version: 1,
+        log: LogSummary {
+            path: shown.to_string(),
+            bytes: info.file_bytes,
+            frames: s.frames,
+            samples: s.samples(),
+            samples_in_window: agg.host.total,
+            corrupt_frames: s.corrupt_frames,
+            sequence_gaps: s.gaps(),
+            dropped_samples: s.dropped(),
+            tsc_hz: info.header.as_ref().map_or(0, |h| h.tsc_hz),
+            period_tsc: info.header.as_ref().map_or(0, |h| h.period_tsc),
+            hv_build_id: info.header.as_ref().map(|h| h.hv_build_id.clone()),
+        },
+        host,
+        guests,
+        warnings,
+    })
+}
+
+fn section_text(out: &mut String, title: &str, s: &Section) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "== {title} ==");
+    let names: Vec<&str> = s.shares.iter().map(|x| x.name).collect();
+    let values: Vec<String> = s
+        .shares
+        .iter()
+        .map(|x| format!("{:.2}%", x.percent))
+        .collect();
+    let _ = writeln!(
+        out,
+        "Total samples:{}   {} = {}",
+        s.total,
+        names.join(":"),
+        values.join(":")
+    );
+    let w = s
+        .rows
+        .iter()
+        .map(|r| r.function.len())
+        .max()
+        .unwrap_or(0)
+        .max(20);
+    let _ = writeln!(
+        out,
+        "{:>8}  {:>6}  {:<w$}  Module",
+        "Samples", "%Ratio", "Function"
+    );
+    for r in &s.rows {
+        let _ = writeln!(
+            out,
+            "{:>8}  {:>6.2}  {:<w$}  {}",
+            r.samples, r.percent, r.function, r.module
+        );
+    }
+    if s.rows_omitted > 0 {
+        let _ = writeln!(out, "({} more rows; --top 0 shows all)", s.rows_omitted);
+    }
+}
+
+/// Renders the report as text tables.
+pub fn to_text(r: &Report) -> String {
+    let mut out = String::new();
+    if let Some(h) = &r.host {
+        section_text(&mut out, "Host level", h);
+    }
+    for g in &r.guests {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let name = g.vm.as_deref().unwrap_or("?");
+        let id = g.vm_id.unwrap_or(0);
+        let title = match g.vcpu {
+            Some(v) => format!("Guest level: {name} (VM{id}) vCPU {v}"),
+            None => format!("Guest level: {name} (VM{id})"),
+        };
+        section_text(&mut out, &title, g);
+    }
+    out
+}
+
+/// Renders the report as JSON (layout in analyzer/README.md).
+pub fn to_json(r: &Report) -> String {
+    serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}

@@ -1,0 +1,208 @@
+//! Address -> function name tables: ELF symbol tables (via `object`) and
+//! kallsyms lists.
+
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+/// Sorted, non-overlapping address ranges with names.
+#[derive(Clone, Debug, Default)]
+pub struct SymbolTable {
+    starts: Vec<u64>,
+    ends: Vec<u64>,
+    names: Vec<String>,
+}
+
+impl SymbolTable {
+    /// Builds a table from `(start, size, name)`; a size of 0 extends to the
+    /// next symbol (at most `max_open` bytes).
+    pub fn build(mut syms: Vec<(u64, u64, String)>, max_open: u64) -> Self {
+        syms.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        syms.dedup_by_key(|s| s.0);
+        let mut t = SymbolTable::default();
+        for i in 0..syms.len() {
+            let (start, size, _) = &syms[i];
+            let next = syms.get(i + 1).map_or(u64::MAX, |n| n.0);
+            let end = if *size > 0 {
+                start.saturating_add(*size).min(next)
+            } else {
+                start.saturating_add(max_open).min(next)
+            };
+            t.starts.push(*start);
+            t.ends.push(end);
+        }
+        t.names = syms.into_iter().map(|s| s.2).collect();
+        t
+    }
+
+    /// Function containing `addr`.
+    pub fn lookup(&self, addr: u64) -> Option<&str> {
+        let i = self.starts.partition_point(|&s| s <= addr);
+        let i = i.checked_sub(1)?;
+        (addr < self.ends[i]).then(|| self.names[i].as_str())
+    }
+
+    /// Number of symbols.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+}
+
+/// An ELF file's function symbols and its loadable segments (to turn a file
+/// offset from a `map` line into a link-time address).
+#[derive(Clone, Debug, Default)]
+pub struct ElfImage {
+    /// Function symbols at link-time addresses.
+    pub symbols: SymbolTable,
+    segments: Vec<(u64, u64, u64)>, // (file offset, file size, vaddr)
+}
+
+impl ElfImage {
+    /// Parses an ELF file. The error is one line.
+    pub fn parse(data: &[u8]) -> Result<ElfImage, String> {
+        let file =
+            object::File::parse(data).map_err(|e| format!("not a readable ELF file ({e})"))?;
+        let mut syms = Vec::new();
+        for s in file.symbols().chain(file.dynamic_symbols()) {
+            if s.kind() != SymbolKind::Text || s.address() == 0 {
+                continue;
+            }
+            if let Ok(name) = s.name()
+                && !name.is_empty()
+            {
+                syms.push((s.address(), s.size(), name.to_string()));
+            }
+        }
+        let segments = file
+            .segments()
+            .map(|seg| {
+                let (off, size) = seg.file_range();
+                (off, size, seg.address())
+            })
+            .collect();
+        Ok(ElfImage {
+            symbols: SymbolTable::build(syms, 0x1000),
+            segments,
+        })
+    }
+
+    /// Link-time address of a file offset, if a loadable segment holds it.
+    pub fn vaddr_of_offset(&self, off: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(o, sz, _)| off >= *o && off - *o < *sz)
+            .and_then(|(o, _, v)| v.checked_add(off - o))
+    }
+}
+
+/// Builds a table from kallsyms entries (text symbols only).
+pub fn kallsyms_table(syms: &[guest_kit::KSym]) -> SymbolTable {
+    let v = syms
+        .iter()
+        .filter(|s| matches!(s.kind, 't' | 'T' | 'w' | 'W'))
+        .map(|s| {
+            let name = match &s.module {
+                Some(m) if !m.is_empty() => format!("{}\u{0}{m}", s.name),
+                _ => s.name.clone(),
+            };
+            (s.addr, 0, name)
+        })
+        .collect();
+    SymbolTable::build(v, 0x10_0000)
+}
+
+/// Splits a name from [`kallsyms_table`] into (function, module).
+pub fn split_ksym(name: &str) -> (&str, Option<&str>) {
+    match name.split_once('\u{0}') {
+        Some((f, m)) => (f, Some(m)),
+        None => (name, None),
+    }
+}
+
+/// Parses a `/proc/kallsyms` file (`ADDR TYPE NAME [[MODULE]]`). Lines that do
+/// not parse are counted, not fatal.
+pub fn parse_kallsyms(text: &str) -> (Vec<guest_kit::KSym>, usize) {
+    let mut out = Vec::new();
+    let mut bad = 0;
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+            if !line.trim().is_empty() {
+                bad += 1;
+            }
+            continue;
+        };
+        let addr = addr.trim_start_matches("0x");
+        let mut kc = kind.chars();
+        let (Ok(addr), Some(kind), None) = (u64::from_str_radix(addr, 16), kc.next(), kc.next())
+        else {
+            bad += 1;
+            continue;
+        };
+        let module = f
+            .next()
+            .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string())
+            .filter(|m| !m.is_empty());
+        out.push(guest_kit::KSym {
+            addr,
+            kind,
+            name: name.to_string(),
+            module,
+        });
+    }
+    (out, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_respects_sizes_and_gaps() {
+        let t = SymbolTable::build(
+            vec![
+                (0x100, 0x10, "a".into()),
+                (0x200, 0, "b".into()),
+                (0x100, 0, "alias".into()),
+            ],
+            0x40,
+        );
+        assert_eq!(t.lookup(0xff), None);
+        assert_eq!(t.lookup(0x100), Some("a"));
+        assert_eq!(t.lookup(0x10f), Some("a"));
+        assert_eq!(t.lookup(0x110), None);
+        assert_eq!(t.lookup(0x23f), Some("b"));
+        assert_eq!(t.lookup(0x240), None);
+    }
+
+    #[test]
+    fn kallsyms_lines() {
+        let (syms, bad) = parse_kallsyms(
+            "ffffffff81000000 T _stext\nffffffffc0000000 t ext4_foo [ext4]\nnonsense\n\n",
+        );
+        assert_eq!(bad, 1);
+        assert_eq!(syms.len(), 2);
+        assert_eq!(syms[1].module.as_deref(), Some("ext4"));
+        let t = kallsyms_table(&syms);
+        assert_eq!(
+            split_ksym(t.lookup(0xffff_ffff_c000_0010).unwrap()),
+            ("ext4_foo", Some("ext4"))
+        );
+        assert_eq!(
+            split_ksym(t.lookup(0xffff_ffff_8100_0010).unwrap()),
+            ("_stext", None)
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_an_elf() {
+        assert!(
+            ElfImage::parse(b"hello")
+                .unwrap_err()
+                .starts_with("not a readable ELF file")
+        );
+    }
+}

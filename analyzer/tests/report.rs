@@ -1,0 +1,637 @@
+//! Golden tests of `analyzer report` / `check` on synthetic logs with known shares.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use analyzer::report::{self, Format, Level, Options};
+use analyzer::synth::{elf, guest, host};
+use vmlog::{
+    ExitReason, FORMAT_MAJOR, FORMAT_MINOR, Header, LogWriter, Sample, SamplingSource, VcpuState,
+    VmInfo,
+};
+
+const HZ: u64 = 1_000_000;
+const PERIOD: u64 = 1000;
+const START: u64 = 1_000_000;
+const KERNEL: u64 = 0xffff_ffff_8100_0000;
+const PROG_MAP: u64 = 0x5555_0000_0000;
+const HV_BASE: u64 = 0x20_0000;
+
+fn dir(test: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn put(d: &std::path::Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = d.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn slot(i: u64) -> u64 {
+    START + i * PERIOD
+}
+
+fn log(vms: &[VmInfo<'_>], pcpus: &[Vec<Sample>]) -> Vec<u8> {
+    let mut w = LogWriter::new();
+    let h = Header {
+        format_major: FORMAT_MAJOR,
+        format_minor: FORMAT_MINOR,
+        hv_build_id: "golden",
+        tsc_hz: HZ,
+        source: SamplingSource::LapicTimer,
+        period_tsc: PERIOD,
+        pcpus: pcpus.len() as u16,
+        vm_count: vms.len() as u16,
+        start_tsc: START,
+    };
+    w.header(&h, vms).unwrap();
+    for (p, s) in pcpus.iter().enumerate() {
+        w.samples(p as u16, PERIOD, s).unwrap();
+    }
+    let end = pcpus.iter().flatten().map(|s| s.tsc).max().unwrap_or(START);
+    w.end(end, 0).unwrap();
+    w.into_bytes()
+}
+
+fn opts(log: PathBuf) -> Options {
+    Options {
+        log,
+        top: 25,
+        level: Level::Both,
+        ..Default::default()
+    }
+}
+
+/// Scenario A: one VM, one vCPU, one pCPU; 50 alpha, 20 beta, 10 kernel,
+/// 10 halted in the hypervisor, 10 WRMSR exit handling.
+fn scenario_a(d: &std::path::Path) -> Options {
+    scenario_a_n(d, 100)
+}
+
+fn scenario_a_n(d: &std::path::Path, n: u64) -> Options {
+    let mut s = Vec::new();
+    for i in 0..n {
+        let t = slot(i + 1);
+        let cr3 = 0x0123_4000;
+        let e = ExitReason::EXTERNAL_INTERRUPT;
+        s.push(match i % 10 {
+            0..=4 => guest(t, 0, 0, cr3, 3, PROG_MAP + 0x1010 + i % 64, e),
+            5 | 6 => guest(t, 0, 0, cr3, 3, PROG_MAP + 0x1120, e),
+            7 => guest(t, 0, 0, cr3, 0, KERNEL + 0x20, e),
+            8 => host(t, HV_BASE + 0x1010, Some((0, 0)), VcpuState::Halted),
+            _ => host(
+                t,
+                HV_BASE + 0x1090,
+                Some((0, 0)),
+                VcpuState::ExitHandling {
+                    reason: ExitReason::WRMSR,
+                },
+            ),
+        });
+    }
+    let log = put(
+        d,
+        "a.vmlog",
+        &log(
+            &[VmInfo {
+                id: 0,
+                name: "web",
+                vcpus: 1,
+            }],
+            &[s],
+        ),
+    );
+    let bundle = "gk-bundle 1\nvm web\nproc 100 prog cr3=0x1234000\n\
+        map 100 555500000000 555500003000 0 /usr/bin/prog\n\
+        kmap ffffffff81000000 ffffffff82000000 vmlinux\n\
+        ksym ffffffff81000000 T do_syscall\nksym ffffffff81000100 T schedule\n";
+    let mut o = opts(log);
+    o.bundles.push(put(d, "web.bundle", bundle.as_bytes()));
+    o.elfs.push(put(
+        d,
+        "prog",
+        &elf(0, true, &[("alpha", 0, 0x100), ("beta", 0x100, 0x100)]),
+    ));
+    o.hv_elf = Some(put(
+        d,
+        "hypervisor.elf",
+        &elf(
+            HV_BASE,
+            false,
+            &[("hv_idle", 0, 0x80), ("handle_wrmsr", 0x80, 0x80)],
+        ),
+    ));
+    o
+}
+
+#[test]
+fn host_and_guest_tables_of_a_known_split() {
+    let d = dir("split");
+    let r = report::build(&scenario_a(&d)).unwrap();
+    assert_eq!(r.warnings, Vec::<String>::new());
+    let text = report::to_text(&r);
+    assert_eq!(
+        text,
+        "\
+== Host level ==
+Total samples:100   OS:USER:VM = 20.00%:0.00%:80.00%
+ Samples  %Ratio  Function              Module
+      80   80.00  [web]                 (VM0)
+      10   10.00  handle_wrmsr          hypervisor
+      10   10.00  hv_idle               hypervisor
+
+== Guest level: web (VM0) ==
+Total samples:100   OS:USER:IDLE:steal = 10.00%:70.00%:10.00%:10.00%
+ Samples  %Ratio  Function              Module
+      50   50.00  alpha                 prog
+      20   20.00  beta                  prog
+      10   10.00  [idle]                (halt_exit)
+      10   10.00  [steal]               (outside)
+      10   10.00  do_syscall            vmlinux
+"
+    );
+}
+
+#[test]
+fn json_shape_is_stable() {
+    let d = dir("json");
+    let r = report::build(&scenario_a(&d)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&report::to_json(&r)).unwrap();
+    assert_eq!(v["report_version"], 1);
+    assert_eq!(v["log"]["samples"], 100);
+    assert_eq!(v["log"]["period_tsc"], 1000);
+    assert_eq!(v["log"]["hv_build_id"], "golden");
+    assert_eq!(v["host"]["total"], 100);
+    assert_eq!(
+        v["host"]["shares"][2],
+        serde_json::json!({"name": "VM", "samples": 80, "percent": 80.0})
+    );
+    assert_eq!(
+        v["host"]["rows"][0],
+        serde_json::json!({"samples": 80, "percent": 80.0, "function": "[web]", "module": "(VM0)", "kind": "vm"})
+    );
+    let g = &v["guests"][0];
+    assert_eq!(g["level"], "guest");
+    assert_eq!(g["vm"], "web");
+    assert_eq!(g["vm_id"], 0);
+    assert_eq!(g["vcpu"], serde_json::Value::Null);
+    assert_eq!(
+        g["rows"][0],
+        serde_json::json!({"samples": 50, "percent": 50.0, "function": "alpha", "module": "prog", "kind": "function"})
+    );
+    assert_eq!(g["rows"][2]["kind"], "idle");
+    assert_eq!(g["rows"][3]["kind"], "steal");
+    assert_eq!(g["rows_omitted"], 0);
+    assert_eq!(v["warnings"], serde_json::json!([]));
+}
+
+#[test]
+fn steal_on_sibling_vcpu_vs_outside() {
+    let d = dir("steal");
+    // Round robin on one pCPU: duo/vCPU0 x5, duo/vCPU1 x5, solo/vCPU0 x5, 20 rounds.
+    let mut s = Vec::new();
+    let mut i = 0;
+    for _ in 0..20 {
+        for (vm, vcpu) in [(0, 0), (0, 1), (1, 0)] {
+            for _ in 0..5 {
+                i += 1;
+                s.push(guest(
+                    slot(i),
+                    vm,
+                    vcpu,
+                    0x8000,
+                    0,
+                    KERNEL + 0x10,
+                    ExitReason::EXTERNAL_INTERRUPT,
+                ));
+            }
+        }
+    }
+    let vms = [
+        VmInfo {
+            id: 0,
+            name: "duo",
+            vcpus: 2,
+        },
+        VmInfo {
+            id: 1,
+            name: "solo",
+            vcpus: 1,
+        },
+    ];
+    let mut o = opts(put(&d, "s.vmlog", &log(&vms, &[s])));
+    o.level = Level::Guest;
+    o.vcpu = Some(0);
+    let text = report::to_text(&report::build(&o).unwrap());
+    assert_eq!(
+        text,
+        "\
+== Guest level: duo (VM0) ==
+Total samples:580   OS:USER:IDLE:steal = 34.48%:0.00%:0.00%:65.52%
+ Samples  %Ratio  Function              Module
+     200   34.48  [unknown]             vmlinux
+     190   32.76  [steal]               (outside)
+      95   16.38  [steal]               (on vcpu0)
+      95   16.38  [steal]               (on vcpu1)
+
+== Guest level: duo (VM0) vCPU 0 ==
+Total samples:290   OS:USER:IDLE:steal = 34.48%:0.00%:0.00%:65.52%
+ Samples  %Ratio  Function              Module
+     100   34.48  [unknown]             vmlinux
+      95   32.76  [steal]               (on vcpu1)
+      95   32.76  [steal]               (outside)
+
+== Guest level: solo (VM1) ==
+Total samples:290   OS:USER:IDLE:steal = 34.48%:0.00%:0.00%:65.52%
+ Samples  %Ratio  Function              Module
+     190   65.52  [steal]               (outside)
+     100   34.48  [unknown]             vmlinux
+
+== Guest level: solo (VM1) vCPU 0 ==
+Total samples:290   OS:USER:IDLE:steal = 34.48%:0.00%:0.00%:65.52%
+ Samples  %Ratio  Function              Module
+     190   65.52  [steal]               (outside)
+     100   34.48  [unknown]             vmlinux
+"
+    );
+}
+
+#[test]
+fn blank_gaps_are_idle_after_hlt_and_steal_otherwise() {
+    let d = dir("gaps");
+    let cr3 = 0x4000;
+    let mut s: Vec<Sample> = (1..=10)
+        .map(|i| {
+            guest(
+                slot(i),
+                0,
+                0,
+                cr3,
+                3,
+                0x40_1000,
+                ExitReason::EXTERNAL_INTERRUPT,
+            )
+        })
+        .collect();
+    // Nothing sampled for slots 11-20; the vCPU comes back after a HLT exit: idle.
+    s.push(guest(slot(21), 0, 0, cr3, 3, 0x40_1000, ExitReason::HLT));
+    // Nothing for slots 22-26; back after an external interrupt: steal.
+    s.push(guest(
+        slot(27),
+        0,
+        0,
+        cr3,
+        3,
+        0x40_1000,
+        ExitReason::EXTERNAL_INTERRUPT,
+    ));
+    let mut o = opts(put(
+        &d,
+        "g.vmlog",
+        &log(
+            &[VmInfo {
+                id: 0,
+                name: "g",
+                vcpus: 1,
+            }],
+            &[s],
+        ),
+    ));
+    o.level = Level::Guest;
+    let text = report::to_text(&report::build(&o).unwrap());
+    assert_eq!(
+        text,
+        "\
+== Guest level: g (VM0) ==
+Total samples:27   OS:USER:IDLE:steal = 0.00%:44.44%:37.04%:18.52%
+ Samples  %Ratio  Function              Module
+      12   44.44  [unknown]             cr3:0x4000
+      10   37.04  [idle]                (halt_exit)
+       5   18.52  [steal]               (outside)
+"
+    );
+}
+
+#[test]
+fn cr3_reuse_and_two_processes_of_one_program() {
+    let d = dir("procs");
+    let mut s = Vec::new();
+    for i in 1..=50u64 {
+        // Half of pid 1's samples carry PCID and KPTI bits: same process.
+        let cr3 = match i % 4 {
+            0 => 0x10000,
+            2 => 0x10000 | 0x1000 | 0x5,
+            _ => 0x20000,
+        };
+        s.push(guest(
+            slot(i),
+            0,
+            0,
+            cr3,
+            3,
+            0x40_1010,
+            ExitReason::EXTERNAL_INTERRUPT,
+        ));
+    }
+    // pid 1 exited; its CR3 now belongs to pid 3 (`other`).
+    for i in 51..=60u64 {
+        s.push(guest(
+            slot(i),
+            0,
+            0,
+            0x10000,
+            3,
+            0x40_1010,
+            ExitReason::EXTERNAL_INTERRUPT,
+        ));
+    }
+    let bundle = format!(
+        "gk-bundle 1\nvm p\nproc 1 prog cr3=0x10000 from=0 to={}\nproc 2 prog cr3=0x20000\n\
+         proc 3 other cr3=0x10000 from={}\nmap 1 400000 403000 0 /bin/prog\nmap 2 400000 403000 0 /bin/prog\n",
+        slot(50),
+        slot(50) + 1
+    );
+    let mut o = opts(put(
+        &d,
+        "p.vmlog",
+        &log(
+            &[VmInfo {
+                id: 0,
+                name: "p",
+                vcpus: 1,
+            }],
+            &[s],
+        ),
+    ));
+    o.level = Level::Guest;
+    o.bundles.push(put(&d, "p.bundle", bundle.as_bytes()));
+    o.elfs.push(put(
+        &d,
+        "prog",
+        &elf(0x40_0000, false, &[("alpha", 0, 0x100)]),
+    ));
+    let text = report::to_text(&report::build(&o).unwrap());
+    assert_eq!(
+        text,
+        "\
+== Guest level: p (VM0) ==
+Total samples:60   OS:USER:IDLE:steal = 0.00%:100.00%:0.00%:0.00%
+ Samples  %Ratio  Function              Module
+      25   41.67  alpha                 prog(1)
+      25   41.67  alpha                 prog(2)
+      10   16.67  [unknown]             other
+"
+    );
+    // --pid keeps one process's rows, percentages of the whole vCPU.
+    o.pid = Some(2);
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.guests[0].rows.len(), 1);
+    assert_eq!(
+        (r.guests[0].rows[0].samples, r.guests[0].rows[0].percent),
+        (25, 41.67)
+    );
+    assert_eq!(r.guests[0].rows[0].module, "prog(2)");
+    // --from/--to: only slots 51-60 (seconds after START at 1 MHz).
+    o.pid = None;
+    o.from = Some(0.0505);
+    o.to = Some(0.0605);
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.guests[0].total, 10);
+    assert_eq!(r.guests[0].rows[0].module, "other");
+}
+
+fn analyzer(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_analyzer"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_inputs_give_one_line_messages() {
+    let d = dir("bad");
+    let empty = put(&d, "empty.vmlog", b"");
+    let (code, out, err) = analyzer(&["report", empty.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        format!(
+            "analyzer: error: {}: the log is empty (0 bytes)\n",
+            empty.display()
+        )
+    );
+
+    let garbage = put(&d, "garbage.vmlog", b"this is not a log\0at all\0");
+    let (code, _, err) = analyzer(&["report", garbage.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        format!(
+            "analyzer: error: {}: no usable samples (25 bytes, 0 frames decoded, 2 corrupt frames skipped)\n",
+            garbage.display()
+        )
+    );
+
+    let mut newer = Vec::new();
+    vmlog::push_raw_frame(&mut newer, &[2, 0, 0, 0, 1, 2, 3]);
+    let newer = put(&d, "newer.vmlog", &newer);
+    let (code, _, err) = analyzer(&["check", newer.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        format!(
+            "analyzer: error: {}: log format 2.x is newer than this analyzer (1.x); update the analyzer\n",
+            newer.display()
+        )
+    );
+
+    let missing = d.join("missing.vmlog");
+    let (code, _, err) = analyzer(&["report", missing.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(&format!(
+            "analyzer: error: {}: cannot open the log: ",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn damaged_log_and_missing_symbols_still_report() {
+    let d = dir("damaged");
+    let o = scenario_a_n(&d, 2000);
+    let mut bytes = std::fs::read(&o.log).unwrap();
+    // Flip a byte in the middle (a sample frame) and cut the end record off.
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    bytes.truncate(bytes.len() - 3);
+    let log = put(&d, "damaged.vmlog", &bytes);
+    let (code, out, err) = analyzer(&[
+        "report",
+        log.to_str().unwrap(),
+        "--elf",
+        "/nonexistent/prog",
+        "--hv-elf",
+        o.bundles[0].to_str().unwrap(),
+        "--level",
+        "host",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("== Host level ==\nTotal samples:"), "{out}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.contains(&"analyzer: warning: --elf /nonexistent/prog: cannot read: No such file or directory (os error 2)"), "{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("analyzer: warning: --hv-elf ")
+                && l.ends_with("not a readable ELF file (Unknown file magic)")),
+        "{err}"
+    );
+    // The flipped frame and the cut-off end record.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("skipped 2 corrupt frame(s)")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(": pCPU 0: 1 sequence gap(s), ")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("no end record: the log is truncated")),
+        "{err}"
+    );
+    let (code, out, _) = analyzer(&["check", log.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(" decoded, 2 corrupt skipped, 0 of unknown kind skipped\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("end record: missing (the log is truncated)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn wrong_hv_elf_is_flagged() {
+    let d = dir("wronghv");
+    let mut o = scenario_a(&d);
+    o.hv_elf = Some(put(
+        &d,
+        "other.elf",
+        &elf(0x90_0000, false, &[("elsewhere", 0, 0x10)]),
+    ));
+    o.level = Level::Host;
+    let r = report::build(&o).unwrap();
+    assert_eq!(
+        r.warnings,
+        [format!(
+            "--hv-elf {}: 100% of hypervisor samples fall outside its functions; is it the build that wrote the log (build `golden`)?",
+            d.join("other.elf").display()
+        )]
+    );
+}
+
+#[test]
+fn check_summarises_a_clean_log() {
+    let d = dir("check");
+    let o = scenario_a(&d);
+    let (code, out, err) = analyzer(&["check", o.log.to_str().unwrap()]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let size = std::fs::metadata(&o.log).unwrap().len();
+    assert_eq!(
+        out,
+        format!(
+            "log: {} ({size} bytes)\n\
+             format: 1.0, hypervisor build `golden`, TSC 1000000 Hz, LAPIC timer, period 1000 ticks (1000.0 Hz), 1 pCPUs\n\
+             vm 0: web (1 vCPUs)\n\
+             frames: 4 decoded, 0 corrupt skipped, 0 of unknown kind skipped\n\
+             pCPU 0: 100 samples (20 host, 80 guest), 1 frames, 0 sequence gaps (0 frames missing), 0 dropped\n\
+             time span: 0.099 s (TSC 1001000..1100000)\n\
+             samples: 100, dropped: 0, sequence gaps: 0, bytes/sample: {:.2}\n\
+             end record: present, 100 samples written = 100 read\n",
+            o.log.display(),
+            size as f64 / 100.0
+        )
+    );
+}
+
+#[test]
+fn help_teaches() {
+    let (code, out, _) = analyzer(&["report", "--help"]);
+    assert_eq!(code, 0);
+    for needle in [
+        "--bundle <FILE>",
+        "--hv-elf <PATH>",
+        "(on vcpuN)",
+        "[idle] (halt_exit)",
+        "--format <FORMAT>",
+    ] {
+        assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
+    }
+    let _ = Format::Json;
+}
+
+#[test]
+fn kallsyms_file_comm_filter_and_top() {
+    let d = dir("kallsyms");
+    let mut o = scenario_a(&d);
+    // The same bundle without its ksym lines: kernel names come from --kallsyms.
+    let bundle = "gk-bundle 1\nvm web\nproc 100 prog cr3=0x1234000\n\
+        map 100 555500000000 555500003000 0 /usr/bin/prog\n";
+    o.bundles = vec![put(&d, "web.bundle", bundle.as_bytes())];
+    o.kallsyms = Some(put(
+        &d,
+        "kallsyms",
+        b"ffffffff81000000 T entry_syscall [kmod]\nnot a line\n",
+    ));
+    o.level = Level::Guest;
+    o.top = 2;
+    let r = report::build(&o).unwrap();
+    assert_eq!(
+        r.warnings,
+        [format!(
+            "--kallsyms {}: skipped 1 line(s) that are not `ADDR TYPE NAME`",
+            d.join("kallsyms").display()
+        )]
+    );
+    let g = &r.guests[0];
+    assert_eq!(g.rows.len(), 2);
+    assert_eq!(g.rows_omitted, 3);
+    o.top = 0;
+    let r = report::build(&o).unwrap();
+    let k = r.guests[0]
+        .rows
+        .iter()
+        .find(|r| r.function == "entry_syscall")
+        .unwrap();
+    assert_eq!((k.samples, k.module.as_str()), (10, "kmod"));
+    // --comm keeps the process's user and kernel rows only.
+    o.comm = Some("prog".into());
+    let r = report::build(&o).unwrap();
+    let rows: Vec<(&str, u64)> = r.guests[0]
+        .rows
+        .iter()
+        .map(|r| (r.function.as_str(), r.samples))
+        .collect();
+    assert_eq!(rows, [("alpha", 50), ("beta", 20), ("entry_syscall", 10)]);
+    assert_eq!(r.guests[0].total, 100);
+    o.comm = Some("nobody".into());
+    assert!(report::build(&o).unwrap().guests[0].rows.is_empty());
+}
