@@ -382,7 +382,8 @@ fn parse_ksym(fields: Fields) -> Result<KSym, ParseErrorKind> {
                 .strip_prefix('[')
                 .and_then(|m| m.strip_suffix(']'))
                 .unwrap_or(m);
-            Some(unescape(bare)?)
+            // `[]` names no module: the writer would drop it, so read it as none.
+            Some(unescape(bare)?).filter(|m| !m.is_empty())
         }
     };
     no_more(fields, "ksym")?;
@@ -636,6 +637,14 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
              ksym ffffffffc0000000 t ext4_fill_super ext4\n"
         );
         assert_eq!(Bundle::parse(&text), Ok(sample()));
+    }
+
+    #[test]
+    fn empty_module_brackets_read_as_no_module() {
+        // Found by the `bundle` fuzz target: `[]` used to parse as Some("") and not round-trip.
+        let b = Bundle::parse("gk-bundle 1\nvm v\nksym ffff T f []\n").unwrap();
+        assert_eq!(b.ksyms[0].module, None);
+        assert_eq!(Bundle::parse(&b.to_text()), Ok(b));
     }
 
     #[test]
