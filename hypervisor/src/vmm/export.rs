@@ -55,6 +55,9 @@ impl<W: FnMut(&[u8])> Exporter<W> {
 
     /// Header and VM table.
     pub fn start(&mut self, header: Header<'_>, vms: &[VmInfo<'_>]) {
+        // A frame delimiter first: noise on the line before the log (a UART's power-on
+        // garbage) then ends in a corrupt frame of its own instead of swallowing the header.
+        (self.write)(&[0]);
         self.record(GLOBAL_STREAM, &Record::Header(header));
         for vm in vms {
             self.record(GLOBAL_STREAM, &Record::Vm(*vm));
