@@ -8,7 +8,8 @@ mod kernel {
     use core::sync::atomic::{AtomicU64, Ordering};
 
     use hypervisor::arch::interrupts::{self, InterruptFrame, vectors};
-    use hypervisor::arch::{cpu, gdt, lapic, percpu, pic};
+    use hypervisor::arch::madt::{self, CpuList, MadtError};
+    use hypervisor::arch::{cpu, gdt, lapic, percpu, pic, smp};
     use hypervisor::boot::{self, BootInfo, HvConfig, MemoryKind};
     use hypervisor::memory::{self, paging};
     use hypervisor::power::{self, status};
@@ -197,6 +198,33 @@ mod kernel {
             cpu_index,
             if lapic::is_bsp() { " (BSP)" } else { "" }
         );
+
+        let cpus = match boot.rsdp {
+            // SAFETY: GRUB copied the firmware's RSDP into the boot information (reserved,
+            // identity-mapped); its tables lie in the identity-mapped first 4 GiB.
+            Some(r) => unsafe { madt::cpus_from_rsdp(r.bytes.as_ptr() as usize) },
+            None => Err(MadtError::Tables("the bootloader passed no RSDP")),
+        };
+        let cpus = match cpus {
+            Ok(list) => {
+                println!(
+                    "hv: acpi madt: {} cpu(s), apic ids {:?}{}",
+                    list.len(),
+                    list.apic_ids(),
+                    if list.ignored > 0 {
+                        " (more ignored)"
+                    } else {
+                        ""
+                    }
+                );
+                list
+            }
+            Err(e) => {
+                println!("hv: {e}; running on the boot CPU only");
+                CpuList::boot_only(lapic::id())
+            }
+        };
+        smp::set_cpus(cpus);
 
         let cal = match time::calibrate() {
             Ok(c) => c,

@@ -10,6 +10,8 @@ use x86_64::registers::segmentation::SegmentSelector;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
 use x86_64::structures::tss::TaskStateSegment;
 
+use crate::arch::percpu::MAX_CPUS;
+
 /// IST slot (1-based in the IDT, 0-based here) for #DF.
 pub const IST_DOUBLE_FAULT: u16 = 0;
 /// IST slot for NMI.
@@ -22,7 +24,9 @@ const IST_STACK_SIZE: usize = 16 * 1024;
 #[repr(C, align(16))]
 struct Stack([u8; IST_STACK_SIZE]);
 
-static mut IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
+/// Three IST stacks per CPU.
+static mut IST_STACKS: [[Stack; 3]; MAX_CPUS] =
+    [const { [const { Stack([0; IST_STACK_SIZE]) }; 3] }; MAX_CPUS];
 
 /// Selectors and bases a VMCS host-state area needs.
 #[derive(Clone, Copy, Debug)]
@@ -44,24 +48,35 @@ struct Tables {
     segments: HostSegments,
 }
 
-static TSS: Once<TaskStateSegment> = Once::new();
-static TABLES: Once<Tables> = Once::new();
+/// One GDT and TSS per CPU (index = `crate::arch::percpu` slot); every GDT has the same
+/// layout, so the selectors are the same on every CPU.
+static TSS: [Once<TaskStateSegment>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+static TABLES: [Once<Tables>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
 
-/// Builds and loads the GDT and TSS, reloads every segment register. Call once, early.
+/// Builds and loads the boot CPU's GDT and TSS, reloads every segment register.
 pub fn init() {
-    let tss = TSS.call_once(|| {
+    init_cpu(0);
+}
+
+/// Builds and loads the GDT and TSS of CPU slot `cpu` (its own IST stacks), reloads every
+/// segment register. Call once per CPU, on that CPU. Slots past [`MAX_CPUS`] are refused.
+pub fn init_cpu(cpu: usize) -> bool {
+    let (Some(tss_slot), Some(tables_slot)) = (TSS.get(cpu), TABLES.get(cpu)) else {
+        return false;
+    };
+    let tss = tss_slot.call_once(|| {
         let mut tss = TaskStateSegment::new();
         for (i, slot) in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK]
             .into_iter()
             .enumerate()
         {
             // SAFETY: only the address of the static is taken; nothing else refers to it.
-            let base = unsafe { core::ptr::addr_of!(IST_STACKS[i]) } as u64;
+            let base = unsafe { core::ptr::addr_of!(IST_STACKS[cpu][i]) } as u64;
             tss.interrupt_stack_table[slot as usize] = VirtAddr::new(base + IST_STACK_SIZE as u64);
         }
         tss
     });
-    let tables = TABLES.call_once(|| {
+    let tables = tables_slot.call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
@@ -78,7 +93,8 @@ pub fn init() {
     tables.gdt.load();
     let s = tables.segments;
     // SAFETY: the selectors index descriptors of the GDT just loaded: a 64-bit code segment,
-    // a writable data segment and an available TSS; 0 is valid for FS/GS in 64-bit mode.
+    // a writable data segment and an available TSS (this CPU's own, never loaded by another
+    // CPU, so it is not busy); 0 is valid for FS/GS in 64-bit mode.
     unsafe {
         CS::set_reg(SegmentSelector(s.code));
         SS::set_reg(SegmentSelector(s.data));
@@ -88,14 +104,26 @@ pub fn init() {
         GS::set_reg(SegmentSelector(0));
         load_tss(SegmentSelector(s.tss));
     }
+    true
 }
 
-/// The selectors and bases loaded by [`init`] (for the VMCS host-state area).
+/// The selectors and bases of the calling CPU's GDT and TSS (for the VMCS host-state area):
+/// the GDT is found by its SGDT base among the loaded ones.
 pub fn host_segments() -> HostSegments {
-    let tables = TABLES.get().expect("arch::gdt::init must run first");
     let gdtr = x86_64::instructions::tables::sgdt();
+    let base = gdtr.base.as_u64();
+    let tables = TABLES
+        .iter()
+        .filter_map(Once::get)
+        .find(|t| {
+            let p = &t.gdt as *const GlobalDescriptorTable as u64;
+            // The table sits inside the struct; SGDT gives its first entry's address.
+            base >= p && base < p + core::mem::size_of::<GlobalDescriptorTable>() as u64
+        })
+        .or_else(|| TABLES[0].get())
+        .expect("arch::gdt::init must run first");
     HostSegments {
-        gdt_base: gdtr.base.as_u64(),
+        gdt_base: base,
         ..tables.segments
     }
 }

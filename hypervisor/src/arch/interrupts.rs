@@ -388,6 +388,20 @@ pub fn init() {
     }
 }
 
+/// Loads the IDT built by [`init`] on the calling CPU (application processors share the
+/// boot CPU's IDT; their IST stacks come from their own TSS).
+pub fn load() {
+    let ptr = DescriptorPointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: core::ptr::addr_of!(IDT) as u64,
+    };
+    // SAFETY: `init` filled the static IDT before any AP is started; LIDT only reads the
+    // pointer, and the table lives forever.
+    unsafe {
+        core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags));
+    }
+}
+
 /// Linear address of the IDT (for the VMCS host-state area).
 pub fn idt_base() -> u64 {
     core::ptr::addr_of!(IDT) as u64

@@ -48,6 +48,8 @@ const ICR_DELIVERY_NMI: u32 = 0b100 << 8;
 const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 const ICR_SEND_PENDING: u32 = 1 << 12;
 const ICR_SHORTHAND_SELF: u32 = 0b01 << 18;
+const ICR_DELIVERY_INIT: u32 = 0b101 << 8;
+const ICR_DELIVERY_STARTUP: u32 = 0b110 << 8;
 
 static BASE: AtomicU64 = AtomicU64::new(0);
 
@@ -170,6 +172,27 @@ pub fn send_self_nmi() {
     wait_icr_idle();
     write(reg::ICR_HIGH, me << 24);
     write(reg::ICR_LOW, ICR_LEVEL_ASSERT | ICR_DELIVERY_NMI);
+}
+
+/// Sends INIT to the CPU with APIC ID `apic_id` (SDM 8.4.4.1: the first step of
+/// INIT-SIPI-SIPI).
+pub fn send_init(apic_id: u32) {
+    wait_icr_idle();
+    write(reg::ICR_HIGH, apic_id << 24);
+    write(reg::ICR_LOW, ICR_LEVEL_ASSERT | ICR_DELIVERY_INIT);
+    wait_icr_idle();
+}
+
+/// Sends a start-up IPI: the CPU with APIC ID `apic_id` starts in real mode at
+/// `page << 12` (CS = `page << 8`, IP = 0).
+pub fn send_startup(apic_id: u32, page: u8) {
+    wait_icr_idle();
+    write(reg::ICR_HIGH, apic_id << 24);
+    write(
+        reg::ICR_LOW,
+        ICR_LEVEL_ASSERT | ICR_DELIVERY_STARTUP | u32::from(page),
+    );
+    wait_icr_idle();
 }
 
 /// Starts the timer in periodic mode: every `initial_count` ticks (after `divide`) it raises

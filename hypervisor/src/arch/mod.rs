@@ -6,8 +6,10 @@ pub mod cpu;
 pub mod gdt;
 pub mod interrupts;
 pub mod lapic;
+pub mod madt;
 #[cfg(target_os = "none")]
 pub mod mem;
 pub mod percpu;
 pub mod pic;
 pub mod pit;
+pub mod smp;

@@ -7,7 +7,9 @@ pub mod frames;
 pub mod heap;
 pub mod paging;
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use loader::{BootInfo, MemoryKind};
+
 use spin::Mutex;
 
 use crate::arch::cpu;
@@ -17,6 +19,17 @@ pub use frames::{FRAME_SIZE, FrameAllocator, FrameError, PhysRange};
 pub const HEAP_SIZE: u64 = 8 << 20;
 /// Memory below this is left alone (BIOS data, EBDA, option ROMs, the trampoline area).
 pub const LOW_MEMORY: u64 = 1 << 20;
+
+/// The frame below 1 MiB reserved for the AP start-up trampoline (0 = none).
+static TRAMPOLINE_FRAME: AtomicU64 = AtomicU64::new(0);
+
+/// The frame below 1 MiB that [`init`] reserved for the AP start-up code, if any.
+pub fn trampoline_frame() -> Option<u64> {
+    match TRAMPOLINE_FRAME.load(Ordering::Relaxed) {
+        0 => None,
+        pa => Some(pa),
+    }
+}
 
 /// The allocator; `None` until [`init`].
 static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
@@ -108,7 +121,6 @@ pub fn init(boot: &BootInfo<'_>, also_reserved: &[PhysRange]) -> Result<MemoryRe
     {
         fa.reserve(r.start, r.end())?;
     }
-    fa.reserve(0, LOW_MEMORY)?;
     let image = image_range();
     fa.reserve(image.start, image.end)?;
     for m in boot.modules.iter() {
@@ -117,6 +129,14 @@ pub fn init(boot: &BootInfo<'_>, also_reserved: &[PhysRange]) -> Result<MemoryRe
     for r in also_reserved {
         fa.reserve(r.start, r.end)?;
     }
+    // One frame below 1 MiB for the application processors' real-mode start-up code (a
+    // SIPI vector names a page below 1 MiB), taken from what the memory map calls
+    // available, above the real-mode IVT and BIOS data area; the rest of low memory is
+    // left alone.
+    fa.reserve(0, FRAME_SIZE)?;
+    let trampoline = fa.alloc_below(1, FRAME_SIZE, LOW_MEMORY);
+    TRAMPOLINE_FRAME.store(trampoline.unwrap_or(0), Ordering::Relaxed);
+    fa.reserve(0, LOW_MEMORY)?;
     // Page directories for RAM above 4 GiB must themselves be reachable: take them below
     // the current identity limit.
     let limit_now = paging::identity_limit();

@@ -2,6 +2,7 @@
 //! sampling, the per-pCPU sample rings and the exporter. Hardware access goes through
 //! `crate::vmx`; the run loop ([`run`]) exists only on bare metal.
 
+pub mod assign;
 pub mod exits;
 pub mod export;
 pub mod grid;
@@ -11,6 +12,8 @@ pub mod ring;
 #[cfg(target_os = "none")]
 pub mod run;
 pub mod sampler;
+#[cfg(target_os = "none")]
+pub mod smp;
 pub mod uart;
 pub mod vcpu;
 

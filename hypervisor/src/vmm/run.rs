@@ -2,7 +2,8 @@
 //! frame allocator, the run loop (round-robin over every vCPU of every VM on this pCPU,
 //! VMX-preemption timer for time slices and guest timers), sampling and export.
 //!
-//! SMP is a later step: everything runs on the boot pCPU.
+//! SMP: the APs (see [`super::smp`]) turn VMX on and idle, sampling into their own rings;
+//! vCPUs go to pCPUs by [`super::assign`], and those of the boot pCPU run here.
 
 extern crate alloc;
 
@@ -38,10 +39,11 @@ use super::export::Exporter;
 use super::msrs;
 use super::pmu::{PmuHw, PmuSampler, PmuState};
 use super::sampler::{DRAIN_AT, GuestId, PcpuState};
+use super::smp::{PCPUS, quiesce_aps, start_aps};
 use super::vcpu::{GuestEntry, HostState, StopReason, Vcpu, Vm, VmcsAddrs, setup_vmcs};
 
 /// The boot pCPU's sampling state and ring.
-static PCPU0: PcpuState = PcpuState::new();
+static PCPU0: &PcpuState = &PCPUS[0];
 
 /// A vCPU's time slice when others are runnable.
 const SLICE_MS: u64 = 10;
@@ -307,7 +309,10 @@ impl fmt::Display for Lossy<'_> {
 /// hypervisor if the tick's slot has no sample yet (a tick that finds its slot sampled,
 /// e.g. by a preemption-timer exit, does nothing).
 fn host_tick(frame: &mut InterruptFrame) {
-    PCPU0.sample_host_if_due(frame.rip, instr::rdtsc());
+    let slot = crate::arch::percpu::current().index as usize;
+    if let Some(p) = PCPUS.get(slot) {
+        p.sample_host_if_due(frame.rip, instr::rdtsc());
+    }
 }
 
 fn com2(bytes: &[u8]) {
@@ -347,6 +352,8 @@ struct Runner {
     nmis: u64,
     stats: SamplingStats,
     exporter: Exporter<fn(&[u8])>,
+    /// pCPUs up (slots `0..pcpus`); the APs idle and sample.
+    pcpus: usize,
 }
 
 /// The host RIP recorded for idle samples the run loop takes itself.
@@ -418,8 +425,16 @@ impl Runner {
                     self.idle();
                 }
             }
-            if PCPU0.ring.len() > DRAIN_AT {
-                self.exporter.drain(0, &PCPU0.ring);
+            self.drain_if_due();
+        }
+    }
+
+    /// Drains every pCPU's ring when one of them is three-quarters full.
+    fn drain_if_due(&mut self) {
+        let rings = &PCPUS[..self.pcpus];
+        if rings.iter().any(|p| p.ring.len() > DRAIN_AT) {
+            for (k, p) in rings.iter().enumerate() {
+                self.exporter.drain(k as u16, &p.ring);
             }
         }
     }
@@ -586,9 +601,7 @@ impl Runner {
             if instr::rdtsc() >= slice_end {
                 return;
             }
-            if PCPU0.ring.len() > DRAIN_AT {
-                self.exporter.drain(0, &PCPU0.ring);
-            }
+            self.drain_if_due();
         }
     }
 
@@ -635,6 +648,11 @@ impl Runner {
         time::set_tick_hook(None);
         let end_tsc = instr::rdtsc();
         let grid = PCPU0.grid.finish(end_tsc);
+        let aps = self.pcpus - 1;
+        if aps > 0 {
+            let stopped = quiesce_aps();
+            println!("hv: {stopped} of {aps} AP(s) quiesced (VMXOFF, timer off, halted)");
+        }
         for vm in self.vms.iter_mut() {
             if let Some(line) = vm.uart.flush() {
                 println!("[{}] {}", vm.name, Lossy(line));
@@ -650,7 +668,16 @@ impl Runner {
                 }
             }
         }
-        self.exporter.drain(0, &PCPU0.ring);
+        for (k, p) in PCPUS[..self.pcpus].iter().enumerate() {
+            let g = if k == 0 { grid } else { p.grid.finish(end_tsc) };
+            self.exporter.drain(k as u16, &p.ring);
+            println!(
+                "hv: pcpu {k}: {} guest, {} host samples, {} missed slots",
+                p.guest_samples.load(core::sync::atomic::Ordering::Relaxed),
+                p.host_samples.load(core::sync::atomic::Ordering::Relaxed),
+                g.missed
+            );
+        }
         self.exporter.end(end_tsc);
         let load =
             |a: &core::sync::atomic::AtomicU64| a.load(core::sync::atomic::Ordering::Relaxed);
@@ -741,11 +768,14 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
     };
     let caps = root.caps();
     println!(
-        "hv: VMX on for pCPU 0 (VMCS revision {:#x}, {} controls, preemption timer TSC>>{}); SMP is a later step",
+        "hv: VMX on for pCPU 0 (VMCS revision {:#x}, {} controls, preemption timer TSC>>{})",
         caps.revision_id(),
         if caps.true_controls { "TRUE" } else { "plain" },
         caps.preemption_timer_rate()
     );
+    println!("hv: pcpu 0 up (apic id {}), vmx on", lapic::id());
+    let pcpus = start_aps(boot.config.sample_hz, TICK_SHORTEN_SHIFT);
+    println!("hv: {pcpus} pCPU(s) with VMX on");
     // Without the all-context type only single-context INVEPT exists (checked by the
     // probe); the hierarchies are fresh then and nothing is cached.
     if let Some(Err(e)) = root.invept_all() {
@@ -762,7 +792,21 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
     }
     if vms.is_empty() {
         println!("hv: no vm= on the command line; nothing to run");
+        quiesce_aps();
         power::stop(status::OK, "all guests stopped");
+    }
+    let counts: Vec<usize> = vms.iter().map(|vm| vm.vcpus.len()).collect();
+    for (p, list) in super::assign::assign(&counts, pcpus).iter().enumerate() {
+        for &(i, j) in list {
+            if p == 0 {
+                println!("hv: vm {} vcpu {j} -> pcpu 0", vms[i].name);
+            } else {
+                println!(
+                    "hv: vm {} vcpu {j} -> pcpu {p} by placement, run on pcpu 0 (guests on APs are a later step)",
+                    vms[i].name
+                );
+            }
+        }
     }
 
     // Sampling source: the PMU if its counter really counts, else the LAPIC timer.
@@ -788,7 +832,17 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
             vcpus: vm.vcpus.len() as u16,
         })
         .collect();
+    // The sampling tick first, then one grid of slots from start_tsc on every pCPU (every
+    // sampling point claims its slot in it), then the log header: writing it to the slow
+    // COM2 takes milliseconds, which the ticks now sample instead of missing.
+    if let Err(e) = time::start_periodic_shortened(cfg.sample_hz, TICK_SHORTEN_SHIFT) {
+        fatal(format_args!("sampling timer at {} Hz: {e}", cfg.sample_hz));
+    }
     let start_tsc = instr::rdtsc();
+    for p in &PCPUS[..pcpus] {
+        p.grid.start(start_tsc, period_tsc);
+    }
+    time::set_tick_hook(Some(host_tick));
     exporter.start(
         Header {
             format_major: vmlog::FORMAT_MAJOR,
@@ -797,18 +851,12 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
             tsc_hz,
             source: SamplingSource::LapicTimer,
             period_tsc,
-            pcpus: 1,
+            pcpus: pcpus as u16,
             vm_count: infos.len() as u16,
             start_tsc,
         },
         &infos,
     );
-    // One grid of slots from start_tsc; every sampling point claims its slot in it.
-    PCPU0.grid.start(start_tsc, period_tsc);
-    time::set_tick_hook(Some(host_tick));
-    if let Err(e) = time::start_periodic_shortened(cfg.sample_hz, TICK_SHORTEN_SHIFT) {
-        fatal(format_args!("sampling timer at {} Hz: {e}", cfg.sample_hz));
-    }
     println!(
         "hv: sampling at {} Hz: one slot of {} tsc ticks at a time, guest mode by the preemption timer, host mode by the tick on vector {:#x}; {} VM(s); run_ms={}",
         cfg.sample_hz,
@@ -834,6 +882,7 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
         nmis: 0,
         stats: SamplingStats::default(),
         exporter,
+        pcpus,
     };
     runner.run()
 }

@@ -20,8 +20,8 @@ use super::ring::SampleRing;
 pub const RING_LEN: usize = 8192;
 /// Fill level at which the run loop drains the ring.
 pub const DRAIN_AT: usize = RING_LEN / 4 * 3;
-/// pCPUs with a ring (only the boot pCPU runs guests so far).
-pub const MAX_PCPUS: usize = 1;
+/// pCPUs with a ring (one per CPU slot of `crate::arch::percpu`).
+pub const MAX_PCPUS: usize = crate::arch::percpu::MAX_CPUS;
 
 const NOT_SERVING: u32 = u32::MAX;
 const STATE_RUNNING: u32 = 0;

@@ -44,6 +44,21 @@ pub unsafe fn vmxon(region: u64) -> Result<(), VmFail> {
     status(cf, zf)
 }
 
+/// VMXOFF: leaves VMX operation.
+///
+/// # Safety
+/// In VMX root operation, outside SMX; no VMCS of this CPU is used afterwards (its
+/// contents stay in memory, not in the CPU).
+pub unsafe fn vmxoff() -> Result<(), VmFail> {
+    let (cf, zf): (u8, u8);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("vmxoff", "setc {cf}", "setz {zf}",
+             cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack));
+    }
+    status(cf, zf)
+}
+
 /// VMCLEAR: initialises the VMCS at `vmcs` and makes it inactive.
 ///
 /// # Safety

@@ -47,7 +47,7 @@ impl fmt::Display for VmcsError {
     }
 }
 
-/// This CPU is in VMX root operation (there is no VMXOFF: the hypervisor never leaves it).
+/// This CPU is in VMX root operation until [`VmxRoot::off`].
 pub struct VmxRoot {
     caps: VmxCaps,
     _vmxon_region: HostFrames,
@@ -96,6 +96,17 @@ impl VmxRoot {
             caps,
             _vmxon_region: region,
         })
+    }
+
+    /// Leaves VMX operation (VMXOFF) and clears CR4.VMXE: the CPU is quiesced before the
+    /// machine powers off. The VMXON region stays reserved (frames are never freed).
+    pub fn off(self) -> Result<(), VmFail> {
+        // SAFETY: `self` proves VMX root operation on this CPU and is consumed, so no VMX
+        // instruction can follow through it.
+        unsafe { instr::vmxoff() }?;
+        // SAFETY: outside VMX operation CR4.VMXE may be cleared; nothing else changes.
+        unsafe { instr::write_cr4(instr::read_cr4() & !cr4::VMXE) };
+        Ok(())
     }
 
     pub fn caps(&self) -> &VmxCaps {
