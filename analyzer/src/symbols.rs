@@ -73,7 +73,7 @@ impl ElfImage {
             if let Ok(name) = s.name()
                 && !name.is_empty()
             {
-                syms.push((s.address(), s.size(), name.to_string()));
+                syms.push((s.address(), s.size(), demangle(name)));
             }
         }
         let segments = file
@@ -112,6 +112,15 @@ pub fn kallsyms_table(syms: &[guest_kit::KSym]) -> SymbolTable {
         })
         .collect();
     SymbolTable::build(v, 0x10_0000)
+}
+
+/// A Rust symbol (legacy or v0 mangling) as a path without hashes, e.g.
+/// `hypervisor::vmm::run::Runner::idle`; any other name as it is.
+pub fn demangle(name: &str) -> String {
+    match rustc_demangle::try_demangle(name) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => name.to_string(),
+    }
 }
 
 /// Splits a name from [`kallsyms_table`] into (function, module).
@@ -204,5 +213,23 @@ mod tests {
                 .unwrap_err()
                 .starts_with("not a readable ELF file")
         );
+    }
+}
+
+#[cfg(test)]
+mod demangle_tests {
+    use super::demangle;
+
+    #[test]
+    fn rust_v0_and_legacy_names_become_paths_and_c_names_stay() {
+        assert_eq!(
+            demangle("_RNvMs0_NtNtCsh2rLgUl31iQ_10hypervisor3vmm3runNtB5_6Runner4idle"),
+            "<hypervisor::vmm::run::Runner>::idle"
+        );
+        assert_eq!(
+            demangle("_ZN4core3fmt5write17h0123456789abcdefE"),
+            "core::fmt::write"
+        );
+        assert_eq!(demangle("alpha_heavy"), "alpha_heavy");
     }
 }
