@@ -225,10 +225,10 @@ fn bochs_two_pcpus_each_sample() {
     assert_eq!(t.header.pcpus, 2, "header pCPU count\n{ctx}");
     let mut per_pcpu = [0u64; 2];
     for item in Decoder::from_slice(&t.run.log).filter_map(Result::ok) {
-        if let Item::Samples { pcpu, samples } = item {
-            if let Some(n) = per_pcpu.get_mut(usize::from(pcpu)) {
-                *n += samples.len() as u64;
-            }
+        if let Item::Samples { pcpu, samples } = item
+            && let Some(n) = per_pcpu.get_mut(usize::from(pcpu))
+        {
+            *n += samples.len() as u64;
         }
     }
     assert!(

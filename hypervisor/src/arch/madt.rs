@@ -235,7 +235,23 @@ mod tests {
     /// A synthetic ACPI 2.0 set: RSDP -> XSDT -> MADT, in one host buffer whose addresses
     /// are real host pointers (the identity handler dereferences them).
     struct Tables {
-        buf: Box<[u8; 4096]>,
+        buf: Box<Aligned>,
+    }
+
+    #[repr(C, align(8))]
+    struct Aligned([u8; 4096]);
+
+    impl core::ops::Deref for Aligned {
+        type Target = [u8; 4096];
+        fn deref(&self) -> &Self::Target {
+            &self.0
+        }
+    }
+
+    impl core::ops::DerefMut for Aligned {
+        fn deref_mut(&mut self) -> &mut Self::Target {
+            &mut self.0
+        }
     }
 
     fn checksum(b: &mut [u8], at: usize) {
@@ -262,10 +278,14 @@ mod tests {
     /// `entries`: raw MADT entries.
     fn build(entries: &[u8], fix_checksum: bool) -> Tables {
         let mut t = Tables {
-            buf: Box::new([0; 4096]),
+            buf: Box::new(Aligned([0; 4096])),
         };
         let base = t.buf.as_ptr() as u64;
-        let (rsdp_off, xsdt_off, madt_off) = (0usize, 64usize, 256usize);
+        // acpi 6.1.1 reads XSDT entries as `*const u64` (its `table_entries`), so they must be
+        // 8-byte aligned here or the debug build's alignment check panics; firmware puts
+        // them at offset 36, so on hardware the crate relies on x86 tolerating the
+        // unaligned load (noted for an upstream report).
+        let (rsdp_off, xsdt_off, madt_off) = (0usize, 68usize, 256usize);
         // MADT
         let mlen = MADT_FIXED_LEN + entries.len();
         let mut madt = sdt_header(b"APIC", mlen as u32);
