@@ -290,7 +290,7 @@ impl Aggregator {
         let period = self.period;
         let t = &mut self.vcpus[v];
         if let Some(last) = t.last_own {
-            let slots = (s.tsc.saturating_sub(last) + period / 2) / period;
+            let slots = s.tsc.saturating_sub(last).saturating_add(period / 2) / period;
             let expected = slots.saturating_sub(1);
             t.pending_outside += expected.saturating_sub(t.blanks);
         }

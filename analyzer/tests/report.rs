@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use analyzer::report::{self, Format, Level, Options};
+use analyzer::report::{self, Level, Options};
 use analyzer::synth::{elf, guest, host};
 use vmlog::{
     ExitReason, FORMAT_MAJOR, FORMAT_MINOR, Header, LogWriter, Sample, SamplingSource, VcpuState,
@@ -585,7 +585,6 @@ fn help_teaches() {
     ] {
         assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
     }
-    let _ = Format::Json;
 }
 
 #[test]
