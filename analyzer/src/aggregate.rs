@@ -21,6 +21,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use rustc_hash::FxHashMap;
 use vmlog::{Context, ExitReason, Sample, SchedDir, SchedEvent, SchedReason, VcpuState};
 
+use crate::merge::Tagged;
 use crate::procs::{ProcIndex, ProcKey};
 
 /// Key of one guest function bucket before symbolisation.
@@ -94,6 +95,8 @@ pub struct VcpuCounts {
     halted: bool,
     pending_outside: u64,
     pending_on: BTreeMap<u16, u64>,
+    /// Where the latest blank slot went: `Some(sibling)` or outside.
+    last_blank_on: Option<u16>,
     stopped: bool,
     /// Last process lookup: (cr3, valid from, valid to, interned answer).
     proc_cache: Option<(u64, u64, u64, u32)>,
@@ -151,6 +154,28 @@ impl VcpuCounts {
     /// All steal slots.
     pub fn steal(&self) -> u64 {
         self.steal_outside + self.steal_on.values().sum::<u64>()
+    }
+
+    /// Takes back `n` pending blank slots, the latest first.
+    fn trim(&mut self, mut n: u64) {
+        let latest = match self.last_blank_on {
+            Some(v) => self.pending_on.get_mut(&v),
+            None => Some(&mut self.pending_outside),
+        };
+        if let Some(c) = latest {
+            let k = n.min(*c).min(1);
+            *c -= k;
+            n -= k;
+        }
+        let k = n.min(self.pending_outside);
+        self.pending_outside -= k;
+        n -= k;
+        for c in self.pending_on.values_mut() {
+            let k = n.min(*c);
+            *c -= k;
+            n -= k;
+        }
+        self.pending_on.retain(|_, c| *c > 0);
     }
 
     fn resolve(&mut self, idle: bool) {
@@ -231,13 +256,18 @@ impl Aggregator {
         i
     }
 
-    /// Feeds the samples of one pCPU, in time order.
-    pub fn feed(&mut self, pcpu: u16, samples: &[Sample]) {
-        let p = usize::from(pcpu);
+    fn grow(&mut self, p: usize) {
         if self.residents.len() <= p {
             self.residents.resize_with(p + 1, Vec::new);
             self.last_owner.resize(p + 1, None);
         }
+    }
+
+    /// Feeds samples of one pCPU. Exact only when the samples of all pCPUs
+    /// come in host-time order (see [`Aggregator::feed_tagged`]).
+    pub fn feed(&mut self, pcpu: u16, samples: &[Sample]) {
+        let p = usize::from(pcpu);
+        self.grow(p);
         for s in samples {
             self.seen += 1;
             if s.tsc < self.window.0 || s.tsc > self.window.1 {
@@ -247,6 +277,22 @@ impl Aggregator {
         }
     }
 
+    /// Feeds samples of any pCPUs, in host-time order (as
+    /// [`crate::merge::Merger`] hands them on).
+    pub fn feed_tagged(&mut self, run: &[Tagged]) {
+        for t in run {
+            let p = usize::from(t.pcpu);
+            self.grow(p);
+            self.seen += 1;
+            if t.sample.tsc < self.window.0 || t.sample.tsc > self.window.1 {
+                continue;
+            }
+            self.one(p, &t.sample);
+        }
+    }
+
+    // Inlined into both feeders: it is most of the per-sample work.
+    #[inline(always)]
     fn one(&mut self, p: usize, s: &Sample) {
         self.host.total += 1;
         let owner = match &s.context {
@@ -280,10 +326,16 @@ impl Aggregator {
             }
             let t = &mut self.vcpus[w];
             t.blanks += 1;
-            match &s.context {
-                Context::Guest(g) if g.vm == t.vm => *t.pending_on.entry(g.vcpu).or_default() += 1,
-                _ => t.pending_outside += 1,
-            }
+            t.last_blank_on = match &s.context {
+                Context::Guest(g) if g.vm == t.vm => {
+                    *t.pending_on.entry(g.vcpu).or_default() += 1;
+                    Some(g.vcpu)
+                }
+                _ => {
+                    t.pending_outside += 1;
+                    None
+                }
+            };
         }
 
         let Some(v) = owner_idx else { return };
@@ -292,7 +344,13 @@ impl Aggregator {
         if let Some(last) = t.last_own {
             let slots = s.tsc.saturating_sub(last).saturating_add(period / 2) / period;
             let expected = slots.saturating_sub(1);
-            t.pending_outside += expected.saturating_sub(t.blanks);
+            if t.blanks > expected {
+                // The vCPU moved to another pCPU: the old pCPU's sample of
+                // the slot where it reappeared is no blank of it.
+                t.trim(t.blanks - expected);
+            } else {
+                t.pending_outside += expected - t.blanks;
+            }
         }
         let idle_hint = match &s.context {
             Context::Guest(g) => g.last_exit_reason == Some(ExitReason::HLT),

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use vmlog::{Context, Sample};
+use vmlog::Context;
 
 use crate::input::{self, Fatal, LogInfo, Sink};
+use crate::merge::Tagged;
 
 #[derive(Default)]
 struct Count {
@@ -17,8 +18,8 @@ struct Count {
 }
 
 impl Sink for Count {
-    fn samples(&mut self, _info: &LogInfo, pcpu: u16, samples: &[Sample]) {
-        for s in samples {
+    fn samples(&mut self, _info: &LogInfo, run: &[Tagged]) {
+        for &Tagged { pcpu, sample: s } in run {
             let slot = match s.context {
                 Context::Host(_) => &mut self.host,
                 Context::Guest(_) => &mut self.guest,
@@ -88,6 +89,14 @@ pub fn run(path: &Path) -> Result<String, Fatal> {
             st.gaps,
             st.missing_frames,
             st.dropped
+        );
+    }
+    let m = &info.merge;
+    if m.streams > 1 || m.out_of_order > 0 {
+        let _ = writeln!(
+            out,
+            "time order: {} pCPU streams merged by TSC (look-ahead {} samples per pCPU, at most {} held), {} samples out of order",
+            m.streams, m.lookahead, m.peak_buffered, m.out_of_order
         );
     }
     let samples = s.samples();

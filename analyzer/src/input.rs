@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use vmlog::{Decoder, Item, LogError, LogHeader, Sample, SchedEvent, Stats, VmEntry};
 
+use crate::merge::{MergeOut, MergeStats, Merger, Tagged};
+
 /// A fatal problem: nothing usable remains. `Display` is one line.
 #[derive(Debug)]
 pub struct Fatal(pub String);
@@ -33,17 +35,39 @@ pub struct LogInfo {
     pub stats: Stats,
     /// File size.
     pub file_bytes: u64,
+    /// The merge of the pCPU streams into host-time order.
+    pub merge: MergeStats,
     /// Problems that did not stop the pass (one line each).
     pub warnings: Vec<String>,
 }
 
-/// Receives the decoded records in log order.
+/// Receives the decoded records, merged across pCPUs into host-time order
+/// (see [`crate::merge`]).
 pub trait Sink {
-    /// A batch of samples of one pCPU (header and VM table, when present, have
-    /// been seen before).
-    fn samples(&mut self, info: &LogInfo, pcpu: u16, samples: &[Sample]);
-    /// A scheduling event.
+    /// A decoded batch, in file order, before any of its samples reaches
+    /// [`Sink::samples`] (e.g. to estimate the period of a header-less log).
+    fn decoded(&mut self, _info: &LogInfo, _pcpu: u16, _samples: &[Sample]) {}
+    /// The next samples, each tagged with its pCPU, in host-time order
+    /// across all pCPUs (header and VM table, when present, have been seen
+    /// before).
+    fn samples(&mut self, info: &LogInfo, run: &[Tagged]);
+    /// A scheduling event, in host-time order with the samples.
     fn sched(&mut self, _pcpu: u16, _ev: &SchedEvent) {}
+}
+
+/// Hands the merge's output to a [`Sink`].
+struct ToSink<'a> {
+    info: &'a LogInfo,
+    sink: &'a mut dyn Sink,
+}
+
+impl MergeOut for ToSink<'_> {
+    fn samples(&mut self, run: &[Tagged]) {
+        self.sink.samples(self.info, run);
+    }
+    fn sched(&mut self, pcpu: u16, event: &SchedEvent) {
+        self.sink.sched(pcpu, event);
+    }
 }
 
 /// Decodes `path`, feeding `sink`. Fails only when the log cannot be read at
@@ -60,6 +84,7 @@ pub fn read_log(path: &Path, sink: &mut dyn Sink) -> Result<LogInfo, Fatal> {
     let progress = std::io::stderr().is_terminal() && file_bytes > (16 << 20);
     let mut last_progress = Instant::now();
     let mut n = 0u64;
+    let mut merge = Merger::default();
     while let Some(item) = dec.next() {
         n += 1;
         if progress && n.is_multiple_of(256) && last_progress.elapsed() > Duration::from_millis(250)
@@ -73,12 +98,28 @@ pub fn read_log(path: &Path, sink: &mut dyn Sink) -> Result<LogInfo, Fatal> {
             let _ = std::io::stderr().flush();
         }
         match item {
-            Ok(Item::Header(h)) => info.header = Some(h),
+            Ok(Item::Header(h)) => {
+                merge.expect(h.pcpus);
+                info.header = Some(h);
+            }
             Ok(Item::Vm(v)) => {
                 info.vms.insert(v.id, v);
             }
-            Ok(Item::Samples { pcpu, samples }) => sink.samples(&info, pcpu, &samples),
-            Ok(Item::Sched { pcpu, event }) => sink.sched(pcpu, &event),
+            Ok(Item::Samples { pcpu, samples }) => {
+                sink.decoded(&info, pcpu, &samples);
+                let mut out = ToSink {
+                    info: &info,
+                    sink: &mut *sink,
+                };
+                merge.push_samples(pcpu, samples, &mut out);
+            }
+            Ok(Item::Sched { pcpu, event }) => {
+                let mut out = ToSink {
+                    info: &info,
+                    sink: &mut *sink,
+                };
+                merge.push_sched(pcpu, event, &mut out);
+            }
             Ok(Item::End(e)) => info.end = Some(e),
             Ok(_) => {}
             Err(e @ LogError::NewerVersion { .. }) => return Err(Fatal(format!("{shown}: {e}"))),
@@ -90,6 +131,10 @@ pub fn read_log(path: &Path, sink: &mut dyn Sink) -> Result<LogInfo, Fatal> {
             }
         }
     }
+    info.merge = merge.finish(&mut ToSink {
+        info: &info,
+        sink: &mut *sink,
+    });
     if progress {
         eprint!("\r{:60}\r", "");
     }
@@ -134,6 +179,12 @@ pub fn log_notes(path: &Path, info: &LogInfo) -> Vec<String> {
         v.push(format!(
             "{shown}: the hypervisor dropped {} sample(s)",
             s.dropped()
+        ));
+    }
+    if info.merge.out_of_order > 0 {
+        v.push(format!(
+            "{shown}: {} sample(s) out of host-time order (a pCPU's stream lagged more than {} samples behind the others, or its TSC went back): idle/steal near them is approximate",
+            info.merge.out_of_order, info.merge.lookahead
         ));
     }
     if info.header.is_none() && s.samples() > 0 {

@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod check;
 pub mod cli;
 pub mod input;
+pub mod merge;
 pub mod procs;
 pub mod report;
 pub mod symbols;

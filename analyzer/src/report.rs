@@ -10,6 +10,7 @@ use vmlog::{Sample, SchedEvent};
 
 use crate::aggregate::{Aggregator, GuestKey, VcpuCounts};
 use crate::input::{self, Fatal, LogInfo, Sink};
+use crate::merge::Tagged;
 use crate::procs::{self, ProcIndex, ProcKey};
 use crate::symbols::{self, ElfImage, SymbolTable};
 
@@ -148,6 +149,8 @@ pub struct LogSummary {
     pub sequence_gaps: u64,
     /// Samples the hypervisor reported dropped.
     pub dropped_samples: u64,
+    /// Samples aggregated out of host-time order (see the warnings).
+    pub out_of_order_samples: u64,
     /// TSC Hz (0 when the header is missing).
     pub tsc_hz: u64,
     /// Sampling period in TSC ticks.
@@ -239,13 +242,16 @@ impl Collect<'_> {
 }
 
 impl Sink for Collect<'_> {
-    fn samples(&mut self, info: &LogInfo, pcpu: u16, samples: &[Sample]) {
+    fn decoded(&mut self, info: &LogInfo, _pcpu: u16, samples: &[Sample]) {
         if self.agg.is_none() {
             let a = self.start(info, samples);
             self.agg = Some(a);
         }
+    }
+
+    fn samples(&mut self, _info: &LogInfo, run: &[Tagged]) {
         if let Some(a) = self.agg.as_mut() {
-            a.feed(pcpu, samples);
+            a.feed_tagged(run);
         }
     }
 
@@ -688,6 +694,7 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
             corrupt_frames: s.corrupt_frames,
             sequence_gaps: s.gaps(),
             dropped_samples: s.dropped(),
+            out_of_order_samples: info.merge.out_of_order,
             tsc_hz: info.header.as_ref().map_or(0, |h| h.tsc_hz),
             period_tsc: info.header.as_ref().map_or(0, |h| h.period_tsc),
             hv_build_id: info.header.as_ref().map(|h| h.hv_build_id.clone()),

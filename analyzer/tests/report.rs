@@ -634,3 +634,203 @@ fn kallsyms_file_comm_filter_and_top() {
     o.comm = Some("nobody".into());
     assert!(report::build(&o).unwrap().guests[0].rows.is_empty());
 }
+
+/// Writes the log as the hypervisor's exporter does: `ring` samples of pCPU 0,
+/// then `ring` of pCPU 1, and so on, round after round (so the pCPUs' batches
+/// interleave in the file only coarsely, each ring spanning the same time).
+fn log_rings(vms: &[VmInfo<'_>], pcpus: &[Vec<Sample>], ring: usize) -> Vec<u8> {
+    let mut w = LogWriter::new();
+    let h = Header {
+        format_major: FORMAT_MAJOR,
+        format_minor: FORMAT_MINOR,
+        hv_build_id: "golden",
+        tsc_hz: HZ,
+        source: SamplingSource::LapicTimer,
+        period_tsc: PERIOD,
+        pcpus: pcpus.len() as u16,
+        vm_count: vms.len() as u16,
+        start_tsc: START,
+    };
+    w.header(&h, vms).unwrap();
+    let longest = pcpus.iter().map(Vec::len).max().unwrap_or(0);
+    for from in (0..longest).step_by(ring) {
+        for (p, s) in pcpus.iter().enumerate() {
+            let part = &s[from.min(s.len())..(from + ring).min(s.len())];
+            if !part.is_empty() {
+                w.samples(p as u16, PERIOD, part).unwrap();
+            }
+        }
+    }
+    let end = pcpus.iter().flatten().map(|s| s.tsc).max().unwrap_or(START);
+    w.end(end, 0).unwrap();
+    w.into_bytes()
+}
+
+fn idle_host(i: u64) -> Sample {
+    host(slot(i), HV_BASE + 0x10, None, VcpuState::Running)
+}
+
+fn user(i: u64, vm: u16, vcpu: u16, exit: ExitReason) -> Sample {
+    guest(slot(i), vm, vcpu, 0x4000, 3, 0x40_1000, exit)
+}
+
+/// One vCPU runs on pCPU 0 for slots 1-10, nothing of it is sampled in slots
+/// 11-20 (pCPU 0 idles in the hypervisor), then it runs on pCPU 1 for slots
+/// 21-40; its first sample there was entered after `exit`.
+fn migrating(d: &std::path::Path, exit: ExitReason) -> Options {
+    let ext = ExitReason::EXTERNAL_INTERRUPT;
+    let p0: Vec<Sample> = (1..=40)
+        .map(|i| {
+            if i <= 10 {
+                user(i, 0, 0, ext)
+            } else {
+                idle_host(i)
+            }
+        })
+        .collect();
+    let p1: Vec<Sample> = (1..=40)
+        .map(|i| match i {
+            ..=20 => idle_host(i),
+            21 => user(i, 0, 0, exit),
+            _ => user(i, 0, 0, ext),
+        })
+        .collect();
+    let vms = [VmInfo {
+        id: 0,
+        name: "m",
+        vcpus: 1,
+    }];
+    let mut o = opts(put(d, "m.vmlog", &log_rings(&vms, &[p0, p1], 25)));
+    o.level = Level::Guest;
+    o
+}
+
+#[test]
+fn a_vcpu_migrating_between_pcpus_is_idle_after_hlt_else_steal() {
+    let d = dir("migrate-idle");
+    let r = report::build(&migrating(&d, ExitReason::HLT)).unwrap();
+    assert_eq!(r.warnings, Vec::<String>::new());
+    assert_eq!(r.log.out_of_order_samples, 0);
+    // Without the merge, pCPU 0's slots 21-40 (after the vCPU had left) were
+    // charged to it as well: 30 idle instead of 10.
+    assert_eq!(
+        report::to_text(&r),
+        "\
+== Guest level: m (VM0) ==
+Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:25.00%:0.00%
+ Samples  %Ratio  Function              Module
+      30   75.00  [unknown]             cr3:0x4000
+      10   25.00  [idle]                (halt_exit)
+"
+    );
+    let d = dir("migrate-steal");
+    let r = report::build(&migrating(&d, ExitReason::EXTERNAL_INTERRUPT)).unwrap();
+    assert_eq!(
+        report::to_text(&r),
+        "\
+== Guest level: m (VM0) ==
+Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:0.00%:25.00%
+ Samples  %Ratio  Function              Module
+      30   75.00  [unknown]             cr3:0x4000
+      10   25.00  [steal]               (outside)
+"
+    );
+}
+
+#[test]
+fn steal_on_a_sibling_that_held_the_pcpu_before_the_vcpu_migrated() {
+    let d = dir("migrate-sibling");
+    let ext = ExitReason::EXTERNAL_INTERRUPT;
+    // pCPU 0: vCPU 0 for slots 1-10, its sibling vCPU 1 for 11-20, then idle.
+    // pCPU 1: idle for slots 1-20, then vCPU 0 (runnable all along) for 21-40.
+    let p0: Vec<Sample> = (1..=40)
+        .map(|i| match i {
+            1..=10 => user(i, 0, 0, ext),
+            11..=20 => user(i, 0, 1, ext),
+            _ => idle_host(i),
+        })
+        .collect();
+    let p1: Vec<Sample> = (1..=40)
+        .map(|i| {
+            if i <= 20 {
+                idle_host(i)
+            } else {
+                user(i, 0, 0, ext)
+            }
+        })
+        .collect();
+    let vms = [VmInfo {
+        id: 0,
+        name: "duo",
+        vcpus: 2,
+    }];
+    // pCPU 0's whole ring, then pCPU 1's.
+    let log = put(&d, "duo.vmlog", &log_rings(&vms, &[p0, p1], 40));
+    let mut o = opts(log.clone());
+    o.level = Level::Guest;
+    o.vcpu = Some(0);
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.warnings, Vec::<String>::new());
+    // vCPU 1's blank slots after its last sample are left out (it may have
+    // stopped); vCPU 0's 10 blank slots are steal on vCPU 1, not 30.
+    assert_eq!(
+        report::to_text(&r),
+        "\
+== Guest level: duo (VM0) ==
+Total samples:50   OS:USER:IDLE:steal = 0.00%:80.00%:0.00%:20.00%
+ Samples  %Ratio  Function              Module
+      40   80.00  [unknown]             cr3:0x4000
+      10   20.00  [steal]               (on vcpu1)
+
+== Guest level: duo (VM0) vCPU 0 ==
+Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:0.00%:25.00%
+ Samples  %Ratio  Function              Module
+      30   75.00  [unknown]             cr3:0x4000
+      10   25.00  [steal]               (on vcpu1)
+"
+    );
+    let (code, out, err) = analyzer(&["check", log.to_str().unwrap()]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("\ntime order: 2 pCPU streams merged by TSC (look-ahead 16384 samples per pCPU, at most 40 held), 0 samples out of order\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_pcpu_lagging_beyond_the_look_ahead_is_merged_and_counted() {
+    let d = dir("lag");
+    let n = analyzer::merge::LOOKAHEAD_SAMPLES as u64 + 1000;
+    let ext = ExitReason::EXTERNAL_INTERRUPT;
+    let p0: Vec<Sample> = (1..=n).map(|i| user(i, 0, 0, ext)).collect();
+    let p1: Vec<Sample> = (1..=n).map(idle_host).collect();
+    let vms = [VmInfo {
+        id: 0,
+        name: "g",
+        vcpus: 1,
+    }];
+    // pCPU 0's whole stream before pCPU 1's: more than the look-ahead holds.
+    let log = put(&d, "lag.vmlog", &log_rings(&vms, &[p0, p1], n as usize));
+    let mut o = opts(log.clone());
+    o.level = Level::Host;
+    let r = report::build(&o).unwrap();
+    // Samples are 255 to a frame: pCPU 0 went ahead by 4 frames (1020
+    // samples, to get back under the look-ahead), so pCPU 1's slots 1-1019
+    // came after slot 1020 had been handed on. Nothing is lost.
+    assert_eq!(r.log.out_of_order_samples, 1019);
+    assert_eq!(r.host.as_ref().unwrap().total, 2 * n);
+    assert_eq!(
+        r.warnings,
+        [format!(
+            "{}: 1019 sample(s) out of host-time order (a pCPU's stream lagged more than 16384 samples behind the others, or its TSC went back): idle/steal near them is approximate",
+            log.display()
+        )]
+    );
+    // The look-ahead is exceeded by one frame before the oldest goes out.
+    let (code, out, _) = analyzer(&["check", log.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("\ntime order: 2 pCPU streams merged by TSC (look-ahead 16384 samples per pCPU, at most 16575 held), 1019 samples out of order\n"),
+        "{out}"
+    );
+}
