@@ -144,8 +144,8 @@ pub fn init() -> (bool, bool) {
 /// re-entrant print (an exception on top of a print).
 fn raw_write(base: u16, bytes: &[u8]) {
     for &b in bytes {
-        // SAFETY: `base` is COM1 or COM2, which this module owns; reading LSR and writing THR
-        // have no effect beyond the UART.
+        // SAFETY: `base` is COM1 (0x3f8) or COM2 (0x2f8), owned by this module (no other
+        // code touches those ports); reading LSR and writing THR affect only that UART.
         unsafe {
             while cpu::inb(base + LSR_OFFSET) & LSR_THR_EMPTY == 0 {
                 cpu::pause();
@@ -210,8 +210,8 @@ pub fn drain() {
                 Access::Locked(p) => p.base,
                 Access::Reentrant => return,
             };
-            // SAFETY: reading the LSR of a port this module owns has no side effect that
-            // matters here (it clears only error bits).
+            // SAFETY: `base` is COM1 (0x3f8) or COM2 (0x2f8), owned by this module, whose
+            // lock this CPU holds; reading the LSR only clears its error bits.
             while unsafe { cpu::inb(base + LSR_OFFSET) } & LSR::TRANSMITTER_EMPTY.bits() == 0 {
                 cpu::pause();
             }
@@ -225,7 +225,8 @@ pub fn drain() {
 /// Only for paths that never return to the holder (fatal exception, panic): output may
 /// interleave with the interrupted writer's.
 pub unsafe fn force_unlock() {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller never returns to the holder (see # Safety), so the holder never
+    // touches the COM1 `Port` again; the new owner gets it alone.
     unsafe { CONSOLE.force_unlock() };
 }
 

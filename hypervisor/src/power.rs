@@ -1,7 +1,7 @@
 //! Stopping the machine (docs/contracts.md, "Stop"): print the status line, drain the
 //! UARTs, then try every power-off path this project's platforms offer.
 
-use crate::arch::cpu;
+use crate::arch::{cpu, platform};
 
 /// Exit statuses. QEMU's isa-debug-exit turns status N into process exit `(N << 1) | 1`.
 pub mod status {
@@ -19,27 +19,15 @@ pub mod status {
     pub const EXCEPTION: u8 = 5;
 }
 
-/// QEMU isa-debug-exit (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
-const QEMU_DEBUG_EXIT: u16 = 0xf4;
-/// Bochs: writing the bytes of "Shutdown" here powers the emulator off.
-const BOCHS_SHUTDOWN: u16 = 0x8900;
-
 /// Prints `hv: stop status=N reason=...`, waits for the serial ports to drain and powers
-/// off; halts forever if nothing did.
+/// off (emulator power-off devices; there is no ACPI S5 path yet); halts forever if
+/// nothing did.
 pub fn stop(status: u8, reason: &str) -> ! {
-    cpu::disable_interrupts();
+    // SAFETY: nothing below waits for an interrupt: the console drains by polling and the
+    // CPU then halts for good.
+    unsafe { cpu::disable_interrupts() };
     crate::println!("hv: stop status={status} reason={reason}");
     crate::console::drain();
-    // SAFETY: both ports are emulator power-off devices (or unused on real hardware); the
-    // machine is being shut down, so nothing depends on what happens after.
-    unsafe {
-        cpu::outl(QEMU_DEBUG_EXIT, u32::from(status));
-        for b in b"Shutdown" {
-            cpu::outb(BOCHS_SHUTDOWN, *b);
-        }
-    }
-    loop {
-        cpu::disable_interrupts();
-        cpu::hlt();
-    }
+    platform::emulator_power_off(status);
+    cpu::halt_forever()
 }

@@ -2,7 +2,7 @@
 //! wrong under Bochs, where the TSC advances once per instruction), and a periodic LAPIC
 //! timer on [`vectors::TIMER`] whose handler counts ticks and calls an optional hook.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::interrupts::{self, InterruptFrame, vectors};
 use crate::arch::{cpu, lapic, percpu, pit};
@@ -20,7 +20,10 @@ static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static LAPIC_HZ: AtomicU64 = AtomicU64::new(0);
 static TICK_HZ: AtomicU64 = AtomicU64::new(0);
 static TICKS: AtomicU64 = AtomicU64::new(0);
-static TICK_HOOK: AtomicUsize = AtomicUsize::new(0);
+static TICK_HOOK: spin::RwLock<Option<TickHook>> = spin::RwLock::new(None);
+
+/// A function the periodic tick calls with the interrupted state.
+type TickHook = fn(&mut InterruptFrame);
 
 /// The measured rates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,17 +174,17 @@ fn tick(frame: &mut InterruptFrame) {
     percpu::current()
         .timer_ticks
         .fetch_add(1, Ordering::Relaxed);
-    let hook = TICK_HOOK.load(Ordering::Acquire);
-    if hook != 0 {
-        // SAFETY: only `set_tick_hook` stores non-zero values, always from a `fn` of this type.
-        let hook = unsafe { core::mem::transmute::<usize, fn(&mut InterruptFrame)>(hook) };
+    // A tick that finds the hook being replaced (another CPU in `set_tick_hook`) skips it.
+    let hook = TICK_HOOK.try_read().and_then(|h| *h);
+    if let Some(hook) = hook {
         hook(frame);
     }
 }
 
 /// Calls `hook` from every periodic tick (after counting it), with the interrupted state.
 pub fn set_tick_hook(hook: Option<fn(&mut InterruptFrame)>) {
-    TICK_HOOK.store(hook.map_or(0, |h| h as usize), Ordering::Release);
+    // Interrupts off while holding the lock: this CPU's tick must not find it taken by us.
+    cpu::without_interrupts(|| *TICK_HOOK.write() = hook);
 }
 
 /// Starts (or re-rates) the periodic LAPIC timer at `hz` on [`vectors::TIMER`]. Returns the

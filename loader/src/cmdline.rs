@@ -15,6 +15,11 @@ use thiserror::Error;
 pub const MAX_VMS: usize = 8;
 /// Most vCPUs one VM may have.
 pub const MAX_VCPUS: u32 = 8;
+/// vCPUs per VM the hypervisor runs for now (SMP guests are a later step); a larger
+/// `vcpus=` is refused rather than silently cut down.
+pub const SUPPORTED_VCPUS: u32 = 1;
+/// Longest accepted `run_ms`: 24 hours.
+pub const MAX_RUN_MS: u64 = 24 * 60 * 60 * 1000;
 /// Highest accepted `sample_hz`.
 pub const MAX_SAMPLE_HZ: u32 = 100_000;
 /// `sample_hz` when the command line has none.
@@ -33,7 +38,7 @@ pub struct VmSpec<'a> {
     pub name: &'a str,
     /// The name of the Multiboot2 module holding the guest image.
     pub module: &'a str,
-    /// Number of vCPUs, 1..=[`MAX_VCPUS`].
+    /// Number of vCPUs, 1..=[`SUPPORTED_VCPUS`].
     pub vcpus: u32,
     /// Guest RAM in MiB, 1..=[`MAX_MEM_MB`].
     pub mem_mb: u32,
@@ -44,7 +49,8 @@ pub struct VmSpec<'a> {
 pub struct HvConfig<'a> {
     /// Sampling rate in Hz.
     pub sample_hz: u32,
-    /// Stop after this many milliseconds of host time; 0 = run until every guest stopped.
+    /// Stop after this many milliseconds of host time, at most [`MAX_RUN_MS`]; 0 = run until
+    /// every guest stopped.
     pub run_ms: u64,
     /// The VMs to start, in command-line order.
     pub vms: FixedVec<VmSpec<'a>, MAX_VMS>,
@@ -88,6 +94,8 @@ pub enum CmdlineError<'a> {
     TooManyVms,
     #[error("cmdline: `{0}` is given twice")]
     Repeated(&'a str),
+    #[error("cmdline: vcpus={0}: this hypervisor runs {SUPPORTED_VCPUS} vCPU per VM for now")]
+    VcpusUnsupported(u32),
 }
 
 fn number<'a>(key: &'a str, value: &'a str, min: u64, max: u64) -> Result<u64, CmdlineError<'a>> {
@@ -143,6 +151,9 @@ fn parse_vm(value: &str) -> Result<VmSpec<'_>, CmdlineError<'_>> {
             "vcpus" if !seen_vcpus => {
                 seen_vcpus = true;
                 vm.vcpus = number(key, val, 1, MAX_VCPUS.into())? as u32;
+                if vm.vcpus > SUPPORTED_VCPUS {
+                    return Err(CmdlineError::VcpusUnsupported(vm.vcpus));
+                }
             }
             "mem_mb" if !seen_mem => {
                 seen_mem = true;
@@ -174,7 +185,7 @@ impl<'a> HvConfig<'a> {
                 }
                 "run_ms" if !seen_run => {
                     seen_run = true;
-                    config.run_ms = number(key, value, 0, u64::MAX)?;
+                    config.run_ms = number(key, value, 0, MAX_RUN_MS)?;
                 }
                 "sample_hz" | "run_ms" => return Err(CmdlineError::Repeated(key)),
                 "vm" => {
@@ -211,7 +222,7 @@ mod tests {
     #[test]
     fn full_line_with_grub_path() {
         let c = HvConfig::parse(
-            "/boot/hypervisor.elf sample_hz=250 run_ms=3000 vm=linux:vmlinux:vcpus=2:mem_mb=256  vm=gt:ground-truth",
+            "/boot/hypervisor.elf sample_hz=250 run_ms=3000 vm=linux:vmlinux:vcpus=1:mem_mb=256  vm=gt:ground-truth",
         )
         .unwrap();
         assert_eq!(c.sample_hz, 250);
@@ -222,7 +233,7 @@ mod tests {
                 VmSpec {
                     name: "linux",
                     module: "vmlinux",
-                    vcpus: 2,
+                    vcpus: 1,
                     mem_mb: 256
                 },
                 VmSpec {
@@ -261,7 +272,19 @@ mod tests {
         );
         assert_eq!(
             err("run_ms=99999999999999999999999"),
-            "cmdline: run_ms=18446744073709551615 is out of range 0..=18446744073709551615"
+            "cmdline: run_ms=18446744073709551615 is out of range 0..=86400000"
+        );
+        assert_eq!(
+            err("run_ms=86400001"),
+            "cmdline: run_ms=86400001 is out of range 0..=86400000"
+        );
+        assert_eq!(
+            HvConfig::parse("run_ms=86400000").unwrap().run_ms,
+            86_400_000
+        );
+        assert_eq!(
+            err("vm=a:m:vcpus=2"),
+            "cmdline: vcpus=2: this hypervisor runs 1 vCPU per VM for now"
         );
         assert_eq!(err("quiet"), "cmdline: `quiet` is not key=value");
         assert_eq!(

@@ -3,26 +3,8 @@
 
 use core::arch::asm;
 
-/// A model-specific register number (SDM vol. 4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Msr(pub u32);
-
-impl Msr {
-    /// IA32_APIC_BASE: LAPIC base address and enable bits (SDM 11.4.4).
-    pub const IA32_APIC_BASE: Msr = Msr(0x1b);
-    /// IA32_FEATURE_CONTROL: lock and VMX-enable bits (SDM 24.7).
-    pub const IA32_FEATURE_CONTROL: Msr = Msr(0x3a);
-    /// IA32_TSC_DEADLINE.
-    pub const IA32_TSC_DEADLINE: Msr = Msr(0x6e0);
-    /// IA32_PAT.
-    pub const IA32_PAT: Msr = Msr(0x277);
-    /// IA32_EFER: long mode and NX enables.
-    pub const IA32_EFER: Msr = Msr(0xc000_0080);
-    /// IA32_FS_BASE.
-    pub const IA32_FS_BASE: Msr = Msr(0xc000_0100);
-    /// IA32_GS_BASE.
-    pub const IA32_GS_BASE: Msr = Msr(0xc000_0101);
-}
+/// The one MSR type of the hypervisor (numbers and bit sets live in `crate::vmx::msr`).
+pub use crate::vmx::msr::Msr;
 
 /// Reads an MSR.
 ///
@@ -44,7 +26,8 @@ pub unsafe fn rdmsr(msr: Msr) -> u64 {
 /// `msr` must exist and `value` must be valid for it; the write may change CPU behaviour
 /// (paging, interrupts, ...) in ways the caller must have accounted for.
 pub unsafe fn wrmsr(msr: Msr, value: u64) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees the MSR exists and the value is valid and intended;
+    // WRMSR reads only ECX/EDX:EAX.
     unsafe {
         asm!("wrmsr", in("ecx") msr.0, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags))
     };
@@ -55,7 +38,8 @@ pub unsafe fn wrmsr(msr: Msr, value: u64) {
 /// # Safety
 /// The device behind `port` must tolerate the write.
 pub unsafe fn outb(port: u16, value: u8) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees the device behind `port` tolerates the write; OUT
+    // touches no memory.
     unsafe {
         asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
     };
@@ -67,7 +51,8 @@ pub unsafe fn outb(port: u16, value: u8) {
 /// The read must have no side effect the caller has not accounted for.
 pub unsafe fn inb(port: u16) -> u8 {
     let value: u8;
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees the read has no unaccounted side effect; IN touches
+    // no memory.
     unsafe {
         asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
     };
@@ -79,7 +64,8 @@ pub unsafe fn inb(port: u16) -> u8 {
 /// # Safety
 /// The device behind `port` must tolerate the write.
 pub unsafe fn outl(port: u16, value: u32) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees the device behind `port` tolerates the write; OUT
+    // touches no memory.
     unsafe {
         asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
     };
@@ -91,7 +77,8 @@ pub unsafe fn outl(port: u16, value: u32) {
 /// The read must have no side effect the caller has not accounted for.
 pub unsafe fn inl(port: u16) -> u32 {
     let value: u32;
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees the read has no unaccounted side effect; IN touches
+    // no memory.
     unsafe {
         asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
     };
@@ -115,6 +102,13 @@ pub struct Cpuid {
     pub ebx: u32,
     pub ecx: u32,
     pub edx: u32,
+}
+
+impl Cpuid {
+    /// `[eax, ebx, ecx, edx]`.
+    pub fn to_array(self) -> [u32; 4] {
+        [self.eax, self.ebx, self.ecx, self.edx]
+    }
 }
 
 /// Executes CPUID for `leaf`/`subleaf`.
@@ -150,7 +144,8 @@ read_cr!(read_cr4, "cr4");
 /// # Safety
 /// The new value must keep protected mode, paging and the current mappings valid.
 pub unsafe fn write_cr0(value: u64) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees the value keeps protected mode, paging and the
+    // current mappings valid.
     unsafe { asm!("mov cr0, {}", in(reg) value, options(nostack, preserves_flags)) };
 }
 
@@ -159,7 +154,8 @@ pub unsafe fn write_cr0(value: u64) {
 /// # Safety
 /// The new value must keep PAE/long mode on and must only set bits the CPU supports.
 pub unsafe fn write_cr4(value: u64) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees the value keeps PAE/long mode on and sets only
+    // supported bits.
     unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
 }
 
@@ -168,18 +164,45 @@ pub unsafe fn write_cr4(value: u64) {
 /// # Safety
 /// `value` must point at a valid PML4 that maps all code and data in use.
 pub unsafe fn write_cr3(value: u64) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees `value` is a PML4 mapping all code and data in use.
     unsafe { asm!("mov cr3, {}", in(reg) value, options(nostack, preserves_flags)) };
 }
 
 /// CR0 bits (SDM 2.5).
 pub mod cr0 {
     pub const PE: u64 = 1 << 0;
+    pub const MP: u64 = 1 << 1;
+    pub const EM: u64 = 1 << 2;
+    pub const TS: u64 = 1 << 3;
+    pub const ET: u64 = 1 << 4;
     pub const NE: u64 = 1 << 5;
     pub const WP: u64 = 1 << 16;
     pub const NW: u64 = 1 << 29;
     pub const CD: u64 = 1 << 30;
     pub const PG: u64 = 1 << 31;
+    /// The bits LMSW may change (SDM Vol. 2A, LMSW): PE, MP, EM, TS.
+    pub const LMSW_BITS: u64 = PE | MP | EM | TS;
+}
+
+/// CR4 bits (SDM 2.5).
+pub mod cr4 {
+    pub const PAE: u64 = 1 << 5;
+    pub const VMXE: u64 = 1 << 13;
+    pub const SMXE: u64 = 1 << 14;
+    pub const OSXSAVE: u64 = 1 << 18;
+}
+
+/// DR7 bits (SDM 18.2.4).
+pub mod dr7 {
+    /// The value after reset: only bit 10, which is reserved and reads as 1.
+    pub const INIT: u64 = 1 << 10;
+}
+
+/// RFLAGS bits (SDM 2.3).
+pub mod rflags {
+    /// Bit 1 is reserved and always 1.
+    pub const FIXED: u64 = 1 << 1;
+    pub const IF: u64 = 1 << 9;
 }
 
 /// Puts CR0 in the state the hypervisor runs with: caches on (firmware may leave CD/NW
@@ -209,54 +232,138 @@ pub fn read_rflags() -> u64 {
     value
 }
 
-/// RFLAGS.IF.
-pub const RFLAGS_IF: u64 = 1 << 9;
-
 /// Whether maskable interrupts are enabled.
 pub fn interrupts_enabled() -> bool {
-    read_rflags() & RFLAGS_IF != 0
+    read_rflags() & rflags::IF != 0
 }
 
-/// Enables maskable interrupts (STI).
+/// Enables maskable interrupts (STI). Not `nomem`: memory accesses must not move across
+/// the point where interrupt handlers may start to run.
 ///
 /// # Safety
-/// The IDT must be loaded and every vector that can arrive must have a working handler.
+/// The IDT must be loaded and every vector that can arrive must have a working handler, and
+/// no data the handlers touch may be in a half-updated state the caller relied on IF=0 for.
 pub unsafe fn enable_interrupts() {
-    // SAFETY: guaranteed by the caller.
-    unsafe { asm!("sti", options(nomem, nostack)) };
+    // SAFETY: the caller guarantees the IDT and its handlers are in place.
+    unsafe { asm!("sti", options(nostack)) };
 }
 
-/// Disables maskable interrupts (CLI).
-pub fn disable_interrupts() {
-    // SAFETY: CLI only clears RFLAGS.IF; it cannot break memory safety.
-    unsafe { asm!("cli", options(nomem, nostack)) };
+/// Disables maskable interrupts (CLI). Not `nomem`: memory accesses must not move across
+/// the start of the interrupt-free section.
+///
+/// # Safety
+/// Until interrupts are enabled again, the caller must not wait for anything only an
+/// interrupt brings (a HLT, or a spin on a tick-driven value), or the CPU hangs.
+pub unsafe fn disable_interrupts() {
+    // SAFETY: CLI only clears RFLAGS.IF; the caller guarantees it does not then wait for
+    // an interrupt.
+    unsafe { asm!("cli", options(nostack)) };
 }
 
 /// Runs `f` with maskable interrupts disabled, restoring the previous state after.
 pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
     let was_enabled = interrupts_enabled();
-    disable_interrupts();
+    // SAFETY: the section is `f`, which runs to completion; interrupts come back (if they
+    // were on) right after it, so nothing here waits for one.
+    unsafe { disable_interrupts() };
     let r = f();
     if was_enabled {
-        // SAFETY: interrupts were enabled on entry, so handlers were already in place.
+        // SAFETY: interrupts were enabled on entry, so the IDT and handlers were in place.
         unsafe { enable_interrupts() };
     }
     r
 }
 
-/// Halts until the next interrupt.
+/// Halts until the next interrupt (or forever if RFLAGS.IF is clear and no NMI comes).
+/// Not `nomem`: an interrupt handler may change memory while the CPU halts.
 pub fn hlt() {
-    // SAFETY: HLT only waits for an interrupt.
-    unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
+    // SAFETY: HLT only waits for an interrupt; it changes no state the compiler models.
+    unsafe { asm!("hlt", options(nostack, preserves_flags)) };
 }
 
-/// Enables interrupts and halts atomically (STI; HLT), so a wakeup cannot be missed.
+/// Stops this CPU for good: interrupts off, then HLT in a loop (an NMI wakes it only to
+/// halt again).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: waiting forever is the point; nothing runs on this CPU afterwards.
+        unsafe { disable_interrupts() };
+        hlt();
+    }
+}
+
+/// Enables interrupts and halts atomically (STI; HLT: STI's one-instruction shadow makes
+/// the pair atomic, so a wakeup cannot be missed). Interrupts stay enabled after.
 ///
 /// # Safety
 /// As [`enable_interrupts`].
 pub unsafe fn enable_interrupts_and_hlt() {
-    // SAFETY: guaranteed by the caller.
-    unsafe { asm!("sti; hlt", options(nomem, nostack)) };
+    // SAFETY: the caller guarantees the IDT and its handlers are in place.
+    unsafe { asm!("sti", "hlt", options(nostack)) };
+}
+
+/// Runs the host IDT's NMI handler in the current context (INT 2): passes on an NMI that a
+/// VM exit consumed but that was not the sampler's.
+///
+/// # Safety
+/// The host IDT must be loaded with a working NMI handler at vector 2, and the caller must
+/// be in host context (VMX root operation, not inside an NMI handler).
+pub unsafe fn reflect_nmi_to_host() {
+    // SAFETY: the caller guarantees the NMI handler is installed and this is host context;
+    // the handler runs exactly as an NMI arriving in host mode would.
+    unsafe { asm!("int 2", options(nostack)) };
+}
+
+macro_rules! read_seg {
+    ($name:ident, $reg:literal) => {
+        #[doc = concat!("Reads the ", $reg, " segment selector.")]
+        pub fn $name() -> u16 {
+            let v: u16;
+            // SAFETY: reading a segment selector has no side effects.
+            unsafe { asm!(concat!("mov {0:x}, ", $reg), out(reg) v, options(nostack, nomem, preserves_flags)) };
+            v
+        }
+    };
+}
+read_seg!(read_cs, "cs");
+read_seg!(read_ss, "ss");
+read_seg!(read_ds, "ds");
+read_seg!(read_es, "es");
+read_seg!(read_fs, "fs");
+read_seg!(read_gs, "gs");
+
+/// STR: the task register selector.
+pub fn read_tr() -> u16 {
+    let v: u16;
+    // SAFETY: STR only reads the task register.
+    unsafe { asm!("str {0:x}", out(reg) v, options(nostack, nomem, preserves_flags)) };
+    v
+}
+
+/// A descriptor-table register (GDTR/IDTR): (base, limit).
+fn read_dtr(idt: bool) -> (u64, u16) {
+    let mut buf = [0u8; 10];
+    // SAFETY: SGDT/SIDT store exactly 10 bytes into the local buffer.
+    unsafe {
+        if idt {
+            asm!("sidt [{}]", in(reg) buf.as_mut_ptr(), options(nostack, preserves_flags));
+        } else {
+            asm!("sgdt [{}]", in(reg) buf.as_mut_ptr(), options(nostack, preserves_flags));
+        }
+    }
+    let limit = u16::from_le_bytes([buf[0], buf[1]]);
+    let mut base = [0u8; 8];
+    base.copy_from_slice(&buf[2..10]);
+    (u64::from_le_bytes(base), limit)
+}
+
+/// GDTR: (base, limit).
+pub fn read_gdtr() -> (u64, u16) {
+    read_dtr(false)
+}
+
+/// IDTR: (base, limit).
+pub fn read_idtr() -> (u64, u16) {
+    read_dtr(true)
 }
 
 /// Spin-loop hint.

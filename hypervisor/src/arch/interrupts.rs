@@ -402,6 +402,21 @@ pub fn load() {
     }
 }
 
+/// Enables maskable interrupts on this CPU, checking the precondition that makes it safe:
+/// the loaded IDT is the one [`init`] filled (every vector has a stub; unregistered ones
+/// report and stop). Panics if this CPU has not loaded it (a bring-up order bug).
+pub fn enable() {
+    let (base, _) = super::cpu::read_idtr();
+    assert!(
+        base == idt_base() && base != 0,
+        "interrupts enabled before the IDT was loaded on this CPU"
+    );
+    // SAFETY: this CPU's IDTR points at the static IDT built by `init`, whose 256 gates
+    // all lead to stubs with a handler or a report; so every vector that can arrive is
+    // handled.
+    unsafe { super::cpu::enable_interrupts() };
+}
+
 /// Linear address of the IDT (for the VMCS host-state area).
 pub fn idt_base() -> u64 {
     core::ptr::addr_of!(IDT) as u64

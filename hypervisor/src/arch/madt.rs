@@ -171,7 +171,8 @@ impl Handler for IdentityAcpi {
 /// `rsdp_addr` must be the address of a valid RSDP whose root table and tables lie in
 /// identity-mapped memory that stays unchanged.
 pub unsafe fn cpus_from_rsdp(rsdp_addr: usize) -> Result<CpuList, MadtError> {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller guarantees `rsdp_addr` is a valid RSDP whose tables lie in
+    // identity-mapped memory that stays unchanged; IdentityAcpi maps physical == virtual.
     let tables = unsafe { AcpiTables::from_rsdp(IdentityAcpi, rsdp_addr) }
         .map_err(|_| MadtError::Tables("the RSDP is invalid"))?;
     cpus_from_tables(&tables)

@@ -12,4 +12,5 @@ pub mod mem;
 pub mod percpu;
 pub mod pic;
 pub mod pit;
+pub mod platform;
 pub mod smp;

@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use spin::Once;
 
+use crate::arch::cpu::Msr;
 use crate::arch::madt::CpuList;
 use crate::arch::{cpu, gdt, interrupts, lapic, percpu};
 
@@ -53,11 +54,11 @@ hv_ap_trampoline_start:
     xorl %ebx, %ebx
     movw %ax, %bx
     shll $4, %ebx
-    lgdtl (hv_ap_trampoline_data - hv_ap_trampoline_start + 0x20)
+    lgdtl (hv_ap_trampoline_data - hv_ap_trampoline_start + {gdtr_limit})
     movl %cr0, %eax
     orl $1, %eax
     movl %eax, %cr0
-    ljmpl *(hv_ap_trampoline_data - hv_ap_trampoline_start + 0x28)
+    ljmpl *(hv_ap_trampoline_data - hv_ap_trampoline_start + {far32})
 
     .code32
 hv_ap_pm32:
@@ -65,17 +66,17 @@ hv_ap_pm32:
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
-    movl (hv_ap_trampoline_data - hv_ap_trampoline_start + 0x38)(%ebx), %eax
+    movl (hv_ap_trampoline_data - hv_ap_trampoline_start + {cr4})(%ebx), %eax
     movl %eax, %cr4
-    movl (hv_ap_trampoline_data - hv_ap_trampoline_start + 0x3c)(%ebx), %eax
+    movl (hv_ap_trampoline_data - hv_ap_trampoline_start + {cr3})(%ebx), %eax
     movl %eax, %cr3
-    movl $0xc0000080, %ecx
-    movl (hv_ap_trampoline_data - hv_ap_trampoline_start + 0x40)(%ebx), %eax
+    movl ${efer_msr}, %ecx
+    movl (hv_ap_trampoline_data - hv_ap_trampoline_start + {efer})(%ebx), %eax
     xorl %edx, %edx
     wrmsr
-    movl (hv_ap_trampoline_data - hv_ap_trampoline_start + 0x44)(%ebx), %eax
+    movl (hv_ap_trampoline_data - hv_ap_trampoline_start + {cr0})(%ebx), %eax
     movl %eax, %cr0
-    ljmpl *(hv_ap_trampoline_data - hv_ap_trampoline_start + 0x30)(%ebx)
+    ljmpl *(hv_ap_trampoline_data - hv_ap_trampoline_start + {far64})(%ebx)
 
     .code64
 hv_ap_lm64:
@@ -84,9 +85,9 @@ hv_ap_lm64:
     movw %ax, %es
     movw %ax, %ss
     movl %ebx, %ebx
-    movq (hv_ap_trampoline_data - hv_ap_trampoline_start + 0x48)(%rbx), %rsp
-    movq (hv_ap_trampoline_data - hv_ap_trampoline_start + 0x58)(%rbx), %rdi
-    movq (hv_ap_trampoline_data - hv_ap_trampoline_start + 0x50)(%rbx), %rax
+    movq (hv_ap_trampoline_data - hv_ap_trampoline_start + {stack})(%rbx), %rsp
+    movq (hv_ap_trampoline_data - hv_ap_trampoline_start + {arg})(%rbx), %rdi
+    movq (hv_ap_trampoline_data - hv_ap_trampoline_start + {entry})(%rbx), %rax
     xorl %ebp, %ebp
     callq *%rax
 2:  cli
@@ -113,6 +114,17 @@ hv_ap_trampoline_data:
 hv_ap_trampoline_end:
     .text
     "#,
+    gdtr_limit = const layout::GDTR_LIMIT,
+    far32 = const layout::FAR32,
+    far64 = const layout::FAR64,
+    cr4 = const layout::CR4,
+    cr3 = const layout::CR3,
+    efer = const layout::EFER,
+    cr0 = const layout::CR0,
+    stack = const layout::STACK,
+    entry = const layout::ENTRY,
+    arg = const layout::ARG,
+    efer_msr = const Msr::IA32_EFER.0,
     options(att_syntax)
 );
 
@@ -178,7 +190,7 @@ impl core::fmt::Display for SmpError {
 }
 
 /// EFER.LMA is set by the CPU, not written.
-const EFER_LMA: u64 = 1 << 10;
+const EFER_LMA: u64 = crate::vmx::msr::efer::LMA;
 /// CR4 bits that cannot (PCIDE) or need not (VMXE: VMXON sets it) be set from 32-bit mode.
 const CR4_PCIDE: u64 = 1 << 17;
 const CR4_VMXE: u64 = 1 << 13;

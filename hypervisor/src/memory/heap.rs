@@ -12,7 +12,8 @@ static HEAP: LockedHeap = LockedHeap::empty();
 /// The range must be identity-mapped, writable, unused by anything else forever, and this
 /// must be called once.
 pub unsafe fn init(start: u64, size: usize) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller hands over, once, an identity-mapped writable range nothing else
+    // uses (memory::init passes frames just taken from the frame allocator).
     unsafe { HEAP.lock().init(start as *mut u8, size) };
 }
 

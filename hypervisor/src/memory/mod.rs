@@ -31,6 +31,20 @@ pub fn trampoline_frame() -> Option<u64> {
     }
 }
 
+/// Where [`init`] put the heap (0 = not yet).
+static HEAP_START: AtomicU64 = AtomicU64::new(0);
+
+/// The heap's frames `[start, start + HEAP_SIZE)` (empty before [`init`]).
+pub fn heap_range() -> PhysRange {
+    match HEAP_START.load(Ordering::Relaxed) {
+        0 => PhysRange::default(),
+        start => PhysRange {
+            start,
+            end: start + HEAP_SIZE,
+        },
+    }
+}
+
 /// The allocator; `None` until [`init`].
 static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
 
@@ -154,9 +168,10 @@ pub fn init(boot: &BootInfo<'_>, also_reserved: &[PhysRange]) -> Result<MemoryRe
     let heap_start = fa
         .alloc(HEAP_SIZE / FRAME_SIZE, 2 << 20)
         .ok_or(MemoryError::NoHeap)?;
+    HEAP_START.store(heap_start, Ordering::Relaxed);
     #[cfg(target_os = "none")]
-    // SAFETY: the range was just taken from the allocator, is identity-mapped, and is
-    // handed over exactly once.
+    // SAFETY: the range was just taken from the frame allocator (so nothing else is ever
+    // given it), lies in identity-mapped RAM, and `init` runs once, on the boot CPU.
     unsafe {
         heap::init(heap_start, HEAP_SIZE as usize)
     };
@@ -172,7 +187,8 @@ pub fn init(boot: &BootInfo<'_>, also_reserved: &[PhysRange]) -> Result<MemoryRe
 }
 
 fn zero(phys: u64, len: u64) {
-    // SAFETY: callers pass frames they own, inside the identity map.
+    // SAFETY: both callers pass frames the frame allocator just handed them (so nothing
+    // else references them), inside the identity map.
     unsafe { core::ptr::write_bytes(phys as *mut u8, 0, len as usize) };
 }
 

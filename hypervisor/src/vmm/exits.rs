@@ -1,20 +1,22 @@
 //! VM-exit decoding (reads the VMCS) kept apart from handling (acts on the vCPU, the VMCS
 //! and an [`ExitEnv`]), so every handler runs on the host with made-up exits.
 
+use crate::vmx::controls::EntryCtls;
 use crate::vmx::entry::reg;
 use crate::vmx::exit::{
     CrAccessQualification, CrAccessType, EptViolationQualification, ExitReason, InterruptionInfo,
     InterruptionType, IoQualification, RawExitReason, vector,
 };
-use crate::vmx::msr::Msr;
+use crate::vmx::msr::{Msr, efer};
 use crate::vmx::vmcs::{
-    ControlNW, Guest32, GuestNW, ReadOnly32, ReadOnly64, ReadOnlyNW, Vmcs, access_rights,
+    Control32, ControlNW, Guest32, Guest64, GuestNW, ReadOnly32, ReadOnly64, ReadOnlyNW, Vmcs,
+    access_rights,
 };
-use crate::vmx::{cr0, interruptibility, rflags};
+use crate::vmx::{cr0, cr4, interruptibility, rflags};
 
 use super::msrs::{self, MsrAction};
 use super::uart::{COM1_BASE, Uart16550};
-use super::vcpu::{GuestTimer, StopReason, Vcpu, Vm};
+use super::vcpu::{GuestTimer, PendingEvent, StopReason, Vcpu, Vm};
 
 /// Paravirtual call numbers (docs/contracts.md, "Guests").
 pub mod vmcall {
@@ -55,6 +57,9 @@ pub struct VmExit {
     pub guest_physical: u64,
     /// Guest SS access rights (its DPL is the CPL), read for VMCALL.
     pub ss_access_rights: u64,
+    /// An event whose delivery the exit interrupted (SDM 28.2.4), and its error code.
+    pub idt_vectoring: InterruptionInfo,
+    pub idt_vectoring_error: u32,
 }
 
 impl VmExit {
@@ -70,6 +75,8 @@ impl VmExit {
             interruption: InterruptionInfo(0),
             guest_physical: 0,
             ss_access_rights: 0,
+            idt_vectoring: InterruptionInfo(vmcs.read(ReadOnly32::IdtVectoringInfo) as u32),
+            idt_vectoring_error: 0,
         };
         match reason {
             Some(ExitReason::ExceptionOrNmi | ExitReason::ExternalInterrupt) => {
@@ -86,7 +93,36 @@ impl VmExit {
             Some(_) => exit.instruction_len = vmcs.read(ReadOnly32::ExitInstructionLength),
             None => {}
         }
+        if exit.idt_vectoring.valid() {
+            if exit.idt_vectoring.has_error_code() {
+                exit.idt_vectoring_error = vmcs.read(ReadOnly32::IdtVectoringErrorCode) as u32;
+            }
+            if exit.idt_vectoring.is_software() {
+                // For a software event being delivered, the field holds its instruction's
+                // length (SDM 28.2.4).
+                exit.instruction_len = vmcs.read(ReadOnly32::ExitInstructionLength);
+            }
+        }
         exit
+    }
+
+    /// The event to deliver again at the next entry when this exit interrupted one
+    /// (SDM 28.2.4, 26.6: it is lost otherwise).
+    pub fn reinjection(&self) -> Option<PendingEvent> {
+        let v = self.idt_vectoring;
+        v.valid().then(|| PendingEvent {
+            info: InterruptionInfo(v.0 & InterruptionInfo::ENTRY_BITS),
+            error_code: if v.has_error_code() {
+                self.idt_vectoring_error
+            } else {
+                0
+            },
+            instruction_len: if v.is_software() {
+                self.instruction_len as u32
+            } else {
+                0
+            },
+        })
     }
 }
 
@@ -134,6 +170,9 @@ pub fn handle(
         });
         return Outcome::Continue;
     }
+    if let Some(event) = exit.reinjection() {
+        vcpu.pending_event = Some(event);
+    }
     let Ok(reason) = exit.raw.reason() else {
         vm.stopped = Some(unhandled);
         return Outcome::Continue;
@@ -168,18 +207,20 @@ pub fn handle(
                     vcpu.regs.0[reg::RDX] = v >> 32;
                     advance(vmcs, exit);
                 }
-                None => inject_gp(vcpu),
+                None => inject_gp(vcpu, vmcs),
             }
         }
         ExitReason::Wrmsr => match msrs::on_write(Msr(vcpu.regs.0[reg::RCX] as u32)) {
             MsrAction::IgnoreWrite => advance(vmcs, exit),
-            _ => inject_gp(vcpu),
+            _ => inject_gp(vcpu, vmcs),
         },
         ExitReason::Hlt => {
             // An interrupt already waiting wakes the HLT at once, as on hardware (when the
-            // guest can take it: IF set).
+            // guest can take it: IF set; the STI/MOV-SS shadow ends with the HLT itself).
             let can_wake = vmcs.read(GuestNW::Rflags) & rflags::IF != 0;
-            vcpu.halted = !(can_wake && vcpu.pending_vector.is_some());
+            vcpu.halted_interruptible = can_wake;
+            let waiting = vcpu.pending_vector.is_some() || vcpu.pending_event.is_some();
+            vcpu.halted = !(can_wake && waiting);
             advance(vmcs, exit);
         }
         ExitReason::Vmcall => {
@@ -214,8 +255,13 @@ pub fn handle(
         ExitReason::IoInstruction => {
             let io = IoQualification::decode(exit.qualification);
             if io.is_string {
-                vcpu.io.string_ops += 1;
-                vcpu.io.last_port = io.port;
+                vm.stopped = Some(StopReason::StringIo {
+                    port: io.port,
+                    input: io.is_in,
+                    rep: io.is_rep,
+                    rip: exit.rip,
+                });
+                return Outcome::Continue;
             } else if Uart16550::decodes(io.port) {
                 let offset = io.port - COM1_BASE;
                 if io.is_in {
@@ -234,13 +280,12 @@ pub fn handle(
             }
             advance(vmcs, exit);
         }
-        ExitReason::CrAccess => {
-            if !cr_access(exit, vcpu, vmcs) {
-                vm.stopped = Some(unhandled);
-                return Outcome::Continue;
-            }
-            advance(vmcs, exit);
-        }
+        ExitReason::CrAccess => match cr_access(exit, vcpu, vmcs) {
+            CrOutcome::Done => advance(vmcs, exit),
+            CrOutcome::Fault => inject_gp(vcpu, vmcs),
+            CrOutcome::Stop(why) => vm.stopped = Some(why),
+            CrOutcome::NotEmulated => vm.stopped = Some(unhandled),
+        },
         ExitReason::EptViolation => {
             let q = EptViolationQualification::decode(exit.qualification);
             vm.stopped = Some(StopReason::EptViolation {
@@ -266,7 +311,7 @@ pub fn handle(
         | ExitReason::Invept
         | ExitReason::Invvpid
         | ExitReason::Getsec => {
-            vcpu.pending_exception = Some((
+            vcpu.pending_event = Some(PendingEvent::new(
                 InterruptionInfo::new(InterruptionType::HardwareException, vector::UD, false),
                 0,
             ));
@@ -330,16 +375,45 @@ fn advance(vmcs: &mut impl Vmcs, exit: &VmExit) {
     }
 }
 
-fn inject_gp(vcpu: &mut Vcpu) {
-    vcpu.pending_exception = Some((
-        InterruptionInfo::new(InterruptionType::HardwareException, vector::GP, true),
+/// #GP(0) at the next entry. In real mode (CR0.PE=0, unrestricted guest) no error code is
+/// delivered, and VM entry refuses one (SDM 26.2.1.3).
+fn inject_gp(vcpu: &mut Vcpu, vmcs: &impl Vmcs) {
+    let protected = vmcs.read(GuestNW::Cr0) & cr0::PE != 0;
+    vcpu.pending_event = Some(PendingEvent::new(
+        InterruptionInfo::new(InterruptionType::HardwareException, vector::GP, protected),
         0,
     ));
 }
 
+/// What an emulated control-register access came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrOutcome {
+    /// Done: the instruction completes.
+    Done,
+    /// The instruction raises #GP(0), as on hardware.
+    Fault,
+    /// The guest asked for something the hypervisor does not support.
+    Stop(StopReason),
+    /// An access this handler does not emulate.
+    NotEmulated,
+}
+
+/// Legacy PAE paging (CR0.PG, CR4.PAE, not IA-32e mode): the PDPTEs live in VMCS fields,
+/// which an emulated CR write would have to load from guest memory (SDM 26.3.1.6).
+fn legacy_pae(cr0_value: u64, cr4_value: u64, efer_value: u64) -> bool {
+    cr0_value & cr0::PG != 0 && cr4_value & cr4::PAE != 0 && efer_value & efer::LMA == 0
+}
+
+fn pae_unsupported(exit: &VmExit) -> CrOutcome {
+    CrOutcome::Stop(StopReason::Unsupported {
+        what: "32-bit PAE guest (PDPTE loading is not emulated)",
+        rip: exit.rip,
+    })
+}
+
 /// MOV to CR0/CR4, CLTS and LMSW against the guest/host masks; MOV to/from CR3 when the
-/// CPU forces CR3 exiting. Returns false for an access it does not emulate.
-fn cr_access(exit: &VmExit, vcpu: &mut Vcpu, vmcs: &mut impl Vmcs) -> bool {
+/// CPU forces CR3 exiting.
+fn cr_access(exit: &VmExit, vcpu: &mut Vcpu, vmcs: &mut impl Vmcs) -> CrOutcome {
     let q = CrAccessQualification::decode(exit.qualification);
     let gpr = q.gpr as usize;
     let value = if gpr == reg::RSP {
@@ -348,18 +422,19 @@ fn cr_access(exit: &VmExit, vcpu: &mut Vcpu, vmcs: &mut impl Vmcs) -> bool {
         vcpu.regs.0[gpr]
     };
     match (q.access, q.cr) {
-        (CrAccessType::MovToCr, 0) => set_cr0(vcpu, vmcs, value),
-        (CrAccessType::MovToCr, 4) => {
-            let mask = vmcs.read(ControlNW::Cr4GuestHostMask);
-            vcpu.cr4_shadow = value;
-            let _ = vmcs.write(ControlNW::Cr4ReadShadow, value);
-            let _ = vmcs.write(
-                GuestNW::Cr4,
-                (value & !mask) | (vmcs.read(GuestNW::Cr4) & mask),
-            );
-        }
+        (CrAccessType::MovToCr, 0) => set_cr0(exit, vcpu, vmcs, value),
+        (CrAccessType::MovToCr, 4) => set_cr4(exit, vcpu, vmcs, value),
         (CrAccessType::MovToCr, 3) => {
+            let pae = legacy_pae(
+                vmcs.read(GuestNW::Cr0),
+                vmcs.read(GuestNW::Cr4),
+                vmcs.read(Guest64::Ia32Efer),
+            );
+            if pae {
+                return pae_unsupported(exit);
+            }
             let _ = vmcs.write(GuestNW::Cr3, value);
+            CrOutcome::Done
         }
         (CrAccessType::MovFromCr, 3) => {
             let v = vmcs.read(GuestNW::Cr3);
@@ -368,28 +443,87 @@ fn cr_access(exit: &VmExit, vcpu: &mut Vcpu, vmcs: &mut impl Vmcs) -> bool {
             } else {
                 vcpu.regs.0[gpr] = v;
             }
+            CrOutcome::Done
         }
-        (CrAccessType::Clts, 0) => set_cr0(vcpu, vmcs, vcpu.cr0_shadow & !(1 << 3)),
+        (CrAccessType::Clts, 0) => set_cr0(exit, vcpu, vmcs, vcpu.cr0_shadow & !cr0::TS),
         (CrAccessType::Lmsw, 0) => {
             // LMSW changes PE, MP, EM, TS only, and cannot clear PE.
-            let low = q.lmsw_source as u64 & 0xf;
-            let v = (vcpu.cr0_shadow & !0xe) | low | (vcpu.cr0_shadow & cr0::PE);
-            set_cr0(vcpu, vmcs, v)
+            let source = q.lmsw_source as u64 & cr0::LMSW_BITS;
+            let v = (vcpu.cr0_shadow & !cr0::LMSW_BITS) | source | (vcpu.cr0_shadow & cr0::PE);
+            set_cr0(exit, vcpu, vmcs, v)
         }
-        _ => return false,
+        _ => CrOutcome::NotEmulated,
     }
-    true
 }
 
-fn set_cr0(vcpu: &mut Vcpu, vmcs: &mut impl Vmcs, value: u64) {
+/// A guest write of CR0 (MOV, CLTS, LMSW). Bits the host owns keep their forced values;
+/// the guest owns the rest. A paging change updates IA-32e mode as the CPU would: PG 0->1
+/// with EFER.LME sets EFER.LMA and the "IA-32e mode guest" entry control, PG 1->0 clears
+/// both (SDM 10.8.5; entry checks 26.3.1.1 want LMA = that control, and = LME when PG=1).
+fn set_cr0(exit: &VmExit, vcpu: &mut Vcpu, vmcs: &mut impl Vmcs, value: u64) -> CrOutcome {
     let mask = vmcs.read(ControlNW::Cr0GuestHostMask);
+    let old = vmcs.read(GuestNW::Cr0);
+    let new = (value & !mask) | (old & mask);
+    let guest_cr4 = vmcs.read(GuestNW::Cr4);
+    let guest_efer = vmcs.read(Guest64::Ia32Efer);
+    let (was_paging, paging) = (old & cr0::PG != 0, new & cr0::PG != 0);
+    // SDM Vol. 2B MOV CR0: PG without PE, or NW without CD, is #GP.
+    if paging && new & cr0::PE == 0 || new & cr0::NW != 0 && new & cr0::CD == 0 {
+        return CrOutcome::Fault;
+    }
+    let mut new_efer = guest_efer;
+    if !was_paging && paging {
+        if guest_efer & efer::LME != 0 {
+            if guest_cr4 & cr4::PAE == 0 {
+                return CrOutcome::Fault;
+            }
+            new_efer |= efer::LMA;
+        } else if guest_cr4 & cr4::PAE != 0 {
+            return pae_unsupported(exit);
+        }
+    } else if was_paging && !paging && guest_efer & efer::LMA != 0 {
+        // Leaving long mode is only allowed from compatibility mode.
+        if vmcs.read(Guest32::CsAccessRights) & access_rights::LONG_MODE != 0 {
+            return CrOutcome::Fault;
+        }
+        new_efer &= !efer::LMA;
+    }
     vcpu.cr0_shadow = value;
     let _ = vmcs.write(ControlNW::Cr0ReadShadow, value);
-    // Bits the host owns keep their forced values; the guest owns the rest.
-    let _ = vmcs.write(
-        GuestNW::Cr0,
-        (value & !mask) | (vmcs.read(GuestNW::Cr0) & mask),
-    );
+    let _ = vmcs.write(GuestNW::Cr0, new);
+    if new_efer != guest_efer {
+        let _ = vmcs.write(Guest64::Ia32Efer, new_efer);
+        let entry = vmcs.read(Control32::EntryControls);
+        let ia32e = EntryCtls::IA32E_MODE_GUEST.bits() as u64;
+        let entry = if new_efer & efer::LMA != 0 {
+            entry | ia32e
+        } else {
+            entry & !ia32e
+        };
+        let _ = vmcs.write(Control32::EntryControls, entry);
+    }
+    CrOutcome::Done
+}
+
+/// A guest MOV to CR4: bits the CPU does not support, or whose feature guest CPUID hides,
+/// raise #GP (as reserved bits do, SDM Vol. 2B MOV CR4), as does clearing PAE in IA-32e
+/// mode.
+fn set_cr4(exit: &VmExit, vcpu: &mut Vcpu, vmcs: &mut impl Vmcs, value: u64) -> CrOutcome {
+    let guest_efer = vmcs.read(Guest64::Ia32Efer);
+    if value & !vcpu.cr4_allowed != 0 || guest_efer & efer::LMA != 0 && value & cr4::PAE == 0 {
+        return CrOutcome::Fault;
+    }
+    let mask = vmcs.read(ControlNW::Cr4GuestHostMask);
+    let old = vmcs.read(GuestNW::Cr4);
+    let new = (value & !mask) | (old & mask);
+    // Under legacy PAE paging a CR4 change reloads the PDPTEs.
+    if new != old && legacy_pae(vmcs.read(GuestNW::Cr0), new, guest_efer) {
+        return pae_unsupported(exit);
+    }
+    vcpu.cr4_shadow = value;
+    let _ = vmcs.write(ControlNW::Cr4ReadShadow, value);
+    let _ = vmcs.write(GuestNW::Cr4, new);
+    CrOutcome::Done
 }
 
 /// Whether the guest can take an external interrupt now: RFLAGS.IF set and no STI/MOV-SS
@@ -509,7 +643,6 @@ mod tests {
             super::super::vcpu::UnmodelledIo {
                 reads: 1,
                 writes: 1,
-                string_ops: 0,
                 last_port: 0x70
             }
         );
@@ -574,10 +707,11 @@ mod tests {
         );
         vm.vcpus[0].regs.0[reg::RCX] = 0x480;
         let (e, mut vmcs) = exit(31, 0, 2);
+        vmcs.fields.insert(GuestNW::Cr0.encoding(), 0x11);
         handle(&e, &mut vm, 0, &mut vmcs, &mut env);
         assert_eq!(
-            vm.vcpus[0].pending_exception,
-            Some((InterruptionInfo(0x8000_0b0d), 0))
+            vm.vcpus[0].pending_event,
+            Some(PendingEvent::new(InterruptionInfo(0x8000_0b0d), 0))
         );
         assert_eq!(
             vmcs.get(GuestNW::Rip),
@@ -685,5 +819,285 @@ mod tests {
         assert_eq!(vmcs.get(GuestNW::Cr0), Some(0x8000_0031));
         assert_eq!(vmcs.get(ControlNW::Cr0ReadShadow), Some(0x8000_0011));
         assert_eq!(vm.stopped, None);
+    }
+
+    /// A CR-access exit for MOV CR<cr>, RAX with the VMCS as a guest in 32-bit protected
+    /// mode, paging off, would have it.
+    fn mov_to_cr(cr: u64, rax: u64, efer_value: u64, cr4_value: u64) -> (Vm, MockVmcs, Env) {
+        let mut vm = vm();
+        vm.vcpus[0].cr4_allowed = 0x3307ff;
+        let (_, mut vmcs) = exit(28, cr, 3);
+        for (f, v) in [
+            (ControlNW::Cr0GuestHostMask.encoding(), 0x20),
+            (ControlNW::Cr4GuestHostMask.encoding(), 0x2000),
+            (GuestNW::Cr0.encoding(), 0x31),
+            (GuestNW::Cr4.encoding(), 0x2000 | cr4_value),
+            (Guest64::Ia32Efer.encoding(), efer_value),
+            (Control32::EntryControls.encoding(), 0x11fb),
+            (Guest32::CsAccessRights.encoding(), 0xc09b),
+        ] {
+            vmcs.fields.insert(f, v);
+        }
+        vm.vcpus[0].regs.0[reg::RAX] = rax;
+        (vm, vmcs, Env::default())
+    }
+
+    fn run(vm: &mut Vm, vmcs: &mut MockVmcs, env: &mut Env) {
+        let e = VmExit::decode(vmcs);
+        handle(&e, vm, 0, vmcs, env);
+    }
+
+    #[test]
+    fn paging_on_with_lme_enters_ia32e_mode_and_paging_off_leaves_it() {
+        // CR4.PAE set, EFER.LME set: MOV CR0 with PG|NE|ET|PE.
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(0, 0x8000_0031, efer::LME, cr4::PAE);
+        run(&mut vm, &mut vmcs, &mut env);
+        assert_eq!(vm.stopped, None);
+        assert_eq!(vmcs.get(GuestNW::Cr0), Some(0x8000_0031));
+        assert_eq!(vmcs.get(Guest64::Ia32Efer), Some(efer::LME | efer::LMA));
+        assert_eq!(vmcs.get(Control32::EntryControls), Some(0x11fb | 0x200));
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0003));
+        // PG off again (from compatibility mode: CS.L clear).
+        vm.vcpus[0].regs.0[reg::RAX] = 0x31;
+        run(&mut vm, &mut vmcs, &mut env);
+        assert_eq!(vmcs.get(GuestNW::Cr0), Some(0x31));
+        assert_eq!(vmcs.get(Guest64::Ia32Efer), Some(efer::LME));
+        assert_eq!(vmcs.get(Control32::EntryControls), Some(0x11fb));
+        assert_eq!(vm.vcpus[0].pending_event, None);
+    }
+
+    #[test]
+    fn paging_changes_the_cpu_refuses_raise_gp() {
+        // LME without PAE: #GP, nothing written, RIP stays.
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(0, 0x8000_0031, efer::LME, 0);
+        run(&mut vm, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.vcpus[0].pending_event,
+            Some(PendingEvent::new(InterruptionInfo(0x8000_0b0d), 0))
+        );
+        assert_eq!(vmcs.get(GuestNW::Cr0), Some(0x31));
+        assert_eq!(vmcs.get(Guest64::Ia32Efer), Some(efer::LME));
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0000));
+        // Leaving paging from 64-bit mode (CS.L set).
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(0, 0x31, efer::LME | efer::LMA, cr4::PAE);
+        vmcs.fields.insert(GuestNW::Cr0.encoding(), 0x8000_0031);
+        vmcs.fields
+            .insert(Guest32::CsAccessRights.encoding(), 0xa09b);
+        run(&mut vm, &mut vmcs, &mut env);
+        assert!(vm.vcpus[0].pending_event.is_some());
+        assert_eq!(vmcs.get(GuestNW::Cr0), Some(0x8000_0031));
+    }
+
+    #[test]
+    fn legacy_pae_paging_stops_the_vm_with_a_report() {
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(0, 0x8000_0031, 0, cr4::PAE);
+        run(&mut vm, &mut vmcs, &mut env);
+        assert_eq!(
+            format!("{}", vm.stopped.unwrap()),
+            "not supported: 32-bit PAE guest (PDPTE loading is not emulated) rip 0x100000"
+        );
+        assert_eq!(vmcs.get(GuestNW::Cr0), Some(0x31), "nothing written");
+        // Non-PAE 32-bit paging is fine.
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(0, 0x8000_0031, 0, 0);
+        run(&mut vm, &mut vmcs, &mut env);
+        assert_eq!(vm.stopped, None);
+        assert_eq!(vmcs.get(GuestNW::Cr0), Some(0x8000_0031));
+        assert_eq!(vmcs.get(Guest64::Ia32Efer), Some(0));
+    }
+
+    #[test]
+    fn mov_to_cr4_faults_on_unsupported_bits() {
+        // VMXE (hidden VMX): #GP; the shadow and GUEST_CR4 keep their values.
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(4, 0x2020, 0, 0);
+        run(&mut vm, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.vcpus[0].pending_event,
+            Some(PendingEvent::new(InterruptionInfo(0x8000_0b0d), 0))
+        );
+        assert_eq!(vmcs.get(GuestNW::Cr4), Some(0x2000));
+        assert_eq!(vmcs.get(ControlNW::Cr4ReadShadow), None);
+        // OSXSAVE (XSAVE hidden) and a reserved bit (bit 31) fault too.
+        for bad in [1 << 18, 1 << 31] {
+            let (mut vm, mut vmcs, mut env) = mov_to_cr(4, 0x20 | bad, 0, 0);
+            run(&mut vm, &mut vmcs, &mut env);
+            assert!(vm.vcpus[0].pending_event.is_some(), "{bad:#x}");
+        }
+        // Clearing PAE in IA-32e mode faults.
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(4, 0x80, efer::LME | efer::LMA, cr4::PAE);
+        run(&mut vm, &mut vmcs, &mut env);
+        assert!(vm.vcpus[0].pending_event.is_some());
+        // PAE|PGE is fine: written under the mask, shadow updated, RIP advanced.
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(4, 0xa0, 0, 0);
+        run(&mut vm, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].pending_event, None);
+        assert_eq!(vmcs.get(GuestNW::Cr4), Some(0x20a0));
+        assert_eq!(vmcs.get(ControlNW::Cr4ReadShadow), Some(0xa0));
+        assert_eq!(vm.vcpus[0].cr4_shadow, 0xa0);
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0003));
+    }
+
+    #[test]
+    fn clts_and_lmsw_use_the_named_bits() {
+        // CLTS (access type 2): TS cleared in the shadow.
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(0x20, 0, 0, 0);
+        vm.vcpus[0].cr0_shadow = 0x19;
+        run(&mut vm, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].cr0_shadow, 0x11);
+        // LMSW 0x0e (type 3, source in bits 31:16) keeps PE set, sets MP|EM|TS.
+        let (mut vm, mut vmcs, mut env) = mov_to_cr(0x000e_0030, 0, 0, 0);
+        vm.vcpus[0].cr0_shadow = 0x11;
+        run(&mut vm, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].cr0_shadow, 0x1f);
+        assert_eq!(vmcs.get(GuestNW::Cr0), Some(0x3f));
+    }
+
+    #[test]
+    fn gp_in_real_mode_has_no_error_code() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        let (e, mut vmcs) = exit(32, 0, 2);
+        vmcs.fields.insert(GuestNW::Cr0.encoding(), 0x30);
+        vm.vcpus[0].regs.0[reg::RCX] = 0x1234;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.vcpus[0].pending_event,
+            Some(PendingEvent::new(InterruptionInfo(0x8000_030d), 0))
+        );
+        // In protected mode the same WRMSR gets #GP(0) with the error code.
+        vmcs.fields.insert(GuestNW::Cr0.encoding(), 0x31);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.vcpus[0].pending_event,
+            Some(PendingEvent::new(InterruptionInfo(0x8000_0b0d), 0))
+        );
+        // An allowed-to-trap write is dropped, RIP moves on.
+        vm.vcpus[0].pending_event = None;
+        vm.vcpus[0].regs.0[reg::RCX] = Msr::IA32_MTRR_DEF_TYPE.0 as u64;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].pending_event, None);
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0002));
+    }
+
+    #[test]
+    fn an_interrupted_delivery_is_reinjected() {
+        // The SET_TIMER vector 0x30 was being delivered when a preemption-timer exit came:
+        // IDT-vectoring information valid, external interrupt, vector 0x30.
+        let mut vm = vm();
+        let mut env = Env::default();
+        let (_, mut vmcs) = exit(52, 0, 0);
+        vmcs.fields
+            .insert(ReadOnly32::IdtVectoringInfo.encoding(), 0x8000_0030);
+        let e = VmExit::decode(&vmcs);
+        assert_eq!(
+            handle(&e, &mut vm, 0, &mut vmcs, &mut env),
+            Outcome::Continue
+        );
+        assert_eq!(
+            vm.vcpus[0].pending_event,
+            Some(PendingEvent {
+                info: InterruptionInfo(0x8000_0030),
+                error_code: 0,
+                instruction_len: 0
+            })
+        );
+        // Same on an external-interrupt exit, which still goes back to the loop.
+        let mut vm = super::tests::vm();
+        let (_, mut vmcs) = exit(1, 0, 0);
+        vmcs.fields
+            .insert(ReadOnly32::ExitInterruptionInfo.encoding(), 0x8000_0020);
+        vmcs.fields
+            .insert(ReadOnly32::IdtVectoringInfo.encoding(), 0x8000_1030);
+        let e = VmExit::decode(&vmcs);
+        assert_eq!(
+            handle(&e, &mut vm, 0, &mut vmcs, &mut env),
+            Outcome::ExternalInterrupt(0x20)
+        );
+        assert_eq!(
+            vm.vcpus[0].pending_event.map(|p| p.info),
+            Some(InterruptionInfo(0x8000_0030)),
+            "undefined bit 12 dropped"
+        );
+        // A #GP with its error code, and an INT 0x80 (software interrupt) with its length.
+        let (_, mut vmcs) = exit(52, 0, 2);
+        vmcs.fields
+            .insert(ReadOnly32::IdtVectoringInfo.encoding(), 0x8000_0b0d);
+        vmcs.fields
+            .insert(ReadOnly32::IdtVectoringErrorCode.encoding(), 0x18);
+        let e = VmExit::decode(&vmcs);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.vcpus[0].pending_event,
+            Some(PendingEvent {
+                info: InterruptionInfo(0x8000_0b0d),
+                error_code: 0x18,
+                instruction_len: 0
+            })
+        );
+        vmcs.fields
+            .insert(ReadOnly32::IdtVectoringInfo.encoding(), 0x8000_0480);
+        let e = VmExit::decode(&vmcs);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.vcpus[0].pending_event,
+            Some(PendingEvent {
+                info: InterruptionInfo(0x8000_0480),
+                error_code: 0,
+                instruction_len: 2
+            })
+        );
+        // No valid vectoring information: nothing queued.
+        let mut vm = super::tests::vm();
+        let (e, mut vmcs) = exit(52, 0, 0);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vm.vcpus[0].pending_event, None);
+    }
+
+    #[test]
+    fn string_io_stops_the_vm_naming_the_port() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        // REP OUTSB to 0x3f8: size 1, string, REP, port in bits 31:16.
+        let (e, mut vmcs) = exit(30, 0x03f8_0030, 2);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            format!("{}", vm.stopped.unwrap()),
+            "string I/O not emulated: REP OUTS port 0x3f8 rip 0x100000"
+        );
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0000));
+        assert!(env.lines.is_empty());
+        let mut vm = super::tests::vm();
+        // INSW from 0x1f0.
+        let (e, mut vmcs) = exit(30, 0x01f0_0019, 2);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(
+            vm.stopped,
+            Some(StopReason::StringIo {
+                port: 0x1f0,
+                input: true,
+                rep: false,
+                rip: 0x10_0000
+            })
+        );
+    }
+
+    #[test]
+    fn hlt_records_whether_the_timer_may_wake_it() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        let (e, mut vmcs) = exit(12, 0, 1);
+        vmcs.fields.insert(GuestNW::Rflags.encoding(), 0x2);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        let v = &mut vm.vcpus[0];
+        assert!(v.halted && !v.halted_interruptible);
+        v.timer = Some(GuestTimer {
+            deadline_tsc: 5,
+            vector: 0x30,
+        });
+        assert!(v.fire_timer(5));
+        assert!(v.halted, "IF clear at the HLT: the timer vector waits");
+        vmcs.fields.insert(GuestNW::Rflags.encoding(), 0x202);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert!(!vm.vcpus[0].halted, "IF set and a vector pending: no halt");
+        assert!(vm.vcpus[0].halted_interruptible);
     }
 }

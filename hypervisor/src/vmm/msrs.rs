@@ -1,8 +1,15 @@
-//! Which guest MSR accesses trap, and what a trapped access does. Everything not listed
-//! runs on the hardware: MSRs that VMX switches through the VMCS (EFER, PAT when the CPU
-//! offers the PAT controls, FS/GS base, SYSENTER_*) and those the host never uses
-//! (STAR/LSTAR/CSTAR/FMASK, KERNEL_GS_BASE, TSC_AUX: the hypervisor uses neither SYSCALL
-//! nor SWAPGS nor RDTSCP).
+//! Which guest MSR accesses trap, and what a trapped access does.
+//!
+//! Writes: every WRMSR exits except those of an allow-list of MSRs that are per-vCPU
+//! architectural state the VMCS switches (EFER, PAT when the CPU offers the PAT controls,
+//! FS/GS base, SYSENTER_*) or that the host never uses (STAR/LSTAR/CSTAR/FMASK,
+//! KERNEL_GS_BASE, TSC_AUX: the hypervisor uses neither SYSCALL nor SWAPGS nor RDTSCP).
+//! A trapped write is ignored for a few MSRs guests write as a matter of course (the PMU,
+//! the MTRRs, microcode, ...) and raises #GP for every other one.
+//!
+//! Reads: run on the hardware except the VMX capabilities, the PMU, IA32_FEATURE_CONTROL
+//! and x2APIC (which trap and are emulated or #GP); an RDMSR outside the bitmap's ranges
+//! always exits and raises #GP unless listed in [`on_read`].
 
 use crate::vmx::bitmap::MsrBitmap;
 use crate::vmx::msr::{Msr, feature_control};
@@ -20,82 +27,84 @@ pub enum MsrAction {
     Fault,
 }
 
+/// MSRs whose WRMSR runs in the guest: the VMCS loads and saves them on every entry and
+/// exit, or the host never reads them.
+pub const WRITE_ALLOWED: [Msr; 12] = [
+    Msr::IA32_EFER,
+    Msr::IA32_FS_BASE,
+    Msr::IA32_GS_BASE,
+    Msr::IA32_KERNEL_GS_BASE,
+    Msr::IA32_STAR,
+    Msr::IA32_LSTAR,
+    Msr::IA32_CSTAR,
+    Msr::IA32_FMASK,
+    Msr::IA32_SYSENTER_CS,
+    Msr::IA32_SYSENTER_ESP,
+    Msr::IA32_SYSENTER_EIP,
+    Msr::IA32_TSC_AUX,
+];
+
+/// Trapped writes that are accepted and dropped: state a guest sets up routinely that the
+/// host owns (TSC, APIC base, microcode, MTRRs, caching, speculation control) or that is
+/// hidden from guests (the PMU).
+const WRITE_IGNORED: [Msr; 10] = [
+    Msr::IA32_TIME_STAMP_COUNTER,
+    Msr::IA32_APIC_BASE,
+    Msr::IA32_TSC_ADJUST,
+    Msr::IA32_SPEC_CTRL,
+    Msr::IA32_PRED_CMD,
+    Msr::IA32_BIOS_UPDT_TRIG,
+    Msr::IA32_BIOS_SIGN_ID,
+    Msr::IA32_MISC_ENABLE,
+    Msr::IA32_DEBUGCTL,
+    Msr::IA32_TSC_DEADLINE,
+];
+
 /// Whether `msr` lies in `[first, last]`.
 fn within(msr: Msr, first: Msr, last: Msr) -> bool {
     (first.0..=last.0).contains(&msr.0)
 }
 
-/// The VMX capability MSRs: VMX is hidden from guests.
-fn is_vmx_capability(msr: Msr) -> bool {
-    within(msr, Msr::IA32_VMX_BASIC, Msr::IA32_VMX_VMFUNC)
-}
-
 /// Performance-monitoring MSRs: the PMU belongs to the sampler.
 fn is_pmu(msr: Msr) -> bool {
-    within(msr, Msr::IA32_PMC0, Msr::IA32_PMC7)
-        || within(msr, Msr::IA32_PERFEVTSEL0, Msr::IA32_PERFEVTSEL7)
-        || within(msr, Msr::IA32_FIXED_CTR0, Msr::IA32_FIXED_CTR2)
-        || within(
-            msr,
-            Msr::IA32_FIXED_CTR_CTRL,
-            Msr::IA32_PERF_GLOBAL_OVF_CTRL,
-        )
+    PMU_RANGES
+        .iter()
+        .any(|&(first, last)| within(msr, first, last))
 }
+
+const PMU_RANGES: [(Msr, Msr); 4] = [
+    (Msr::IA32_PMC0, Msr::IA32_PMC7),
+    (Msr::IA32_PERFEVTSEL0, Msr::IA32_PERFEVTSEL7),
+    (Msr::IA32_FIXED_CTR0, Msr::IA32_FIXED_CTR2),
+    (Msr::IA32_FIXED_CTR_CTRL, Msr::IA32_PERF_GLOBAL_OVF_CTRL),
+];
 
 /// MTRRs: writes would change the host's caching.
 fn is_mtrr(msr: Msr) -> bool {
-    within(msr, Msr::IA32_MTRR_PHYSBASE0, Msr(0x21f))
-        || within(msr, Msr::IA32_MTRR_FIX64K_00000, Msr(0x26f))
+    within(msr, Msr::IA32_MTRR_PHYSBASE0, Msr::IA32_MTRR_VARIABLE_LAST)
+        || within(msr, Msr::IA32_MTRR_FIX64K_00000, Msr::IA32_MTRR_FIX4K_F8000)
         || msr == Msr::IA32_MTRR_DEF_TYPE
-}
-
-fn is_x2apic(msr: Msr) -> bool {
-    within(msr, Msr::IA32_X2APIC_FIRST, Msr::IA32_X2APIC_LAST)
 }
 
 /// The trapping policy as an MSR bitmap. `pat_switched`: the VMCS loads/saves PAT.
 pub fn msr_bitmap(pat_switched: bool) -> MsrBitmap {
     let mut bm = MsrBitmap::default();
-    let both = [Msr::IA32_FEATURE_CONTROL];
-    let ranges: [(Msr, Msr); 7] = [
+    bm.trap_all_writes();
+    for m in WRITE_ALLOWED {
+        bm.pass_write(m);
+    }
+    if pat_switched {
+        bm.pass_write(Msr::IA32_PAT);
+    }
+    bm.trap_read(Msr::IA32_FEATURE_CONTROL);
+    let read_ranges = PMU_RANGES.into_iter().chain([
         (Msr::IA32_VMX_BASIC, Msr::IA32_VMX_VMFUNC),
-        (Msr::IA32_PMC0, Msr::IA32_PMC7),
-        (Msr::IA32_PERFEVTSEL0, Msr::IA32_PERFEVTSEL7),
-        (Msr::IA32_FIXED_CTR0, Msr::IA32_FIXED_CTR2),
-        (Msr::IA32_FIXED_CTR_CTRL, Msr::IA32_PERF_GLOBAL_OVF_CTRL),
         (Msr::IA32_X2APIC_FIRST, Msr::IA32_X2APIC_LAST),
-        (Msr::IA32_MTRR_FIX64K_00000, Msr(0x26f)),
-    ];
-    for m in both {
-        bm.trap_read(m);
-        bm.trap_write(m);
-    }
-    for (first, last) in ranges {
+    ]);
+    for (first, last) in read_ranges {
         for n in first.0..=last.0 {
-            if !is_mtrr(Msr(n)) {
-                bm.trap_read(Msr(n));
-            }
-            bm.trap_write(Msr(n));
+            bm.trap_read(Msr(n));
         }
-    }
-    for n in Msr::IA32_MTRR_PHYSBASE0.0..=0x21f {
-        bm.trap_write(Msr(n));
-    }
-    for m in [
-        Msr::IA32_TIME_STAMP_COUNTER,
-        Msr::IA32_APIC_BASE,
-        Msr::IA32_TSC_ADJUST,
-        Msr::IA32_BIOS_UPDT_TRIG,
-        Msr::IA32_BIOS_SIGN_ID,
-        Msr::IA32_MISC_ENABLE,
-        Msr::IA32_DEBUGCTL,
-        Msr::IA32_MTRR_DEF_TYPE,
-        Msr::IA32_TSC_DEADLINE,
-    ] {
-        bm.trap_write(m);
-    }
-    if !pat_switched {
-        bm.trap_write(Msr::IA32_PAT);
     }
     bm
 }
@@ -108,32 +117,18 @@ pub fn on_read(msr: Msr) -> MsrAction {
     } else if is_pmu(msr) {
         // No PMU for guests: counters read 0 (as Bochs and QEMU TCG do).
         MsrAction::Read(0)
-    } else if is_vmx_capability(msr) || is_x2apic(msr) {
-        MsrAction::Fault
     } else if msr == Msr::IA32_PAT || is_mtrr(msr) || msr == Msr::IA32_MISC_ENABLE {
         MsrAction::ReadHost
     } else {
+        // VMX capabilities, x2APIC and every MSR not known here.
         MsrAction::Fault
     }
 }
 
-/// What a trapped WRMSR of `msr` does.
+/// What a trapped WRMSR of `msr` does: PAT only traps when the VMCS does not switch it,
+/// and then its writes are dropped like the MTRRs'.
 pub fn on_write(msr: Msr) -> MsrAction {
-    if is_pmu(msr)
-        || is_mtrr(msr)
-        || matches!(
-            msr,
-            Msr::IA32_TIME_STAMP_COUNTER
-                | Msr::IA32_APIC_BASE
-                | Msr::IA32_TSC_ADJUST
-                | Msr::IA32_BIOS_UPDT_TRIG
-                | Msr::IA32_BIOS_SIGN_ID
-                | Msr::IA32_MISC_ENABLE
-                | Msr::IA32_DEBUGCTL
-                | Msr::IA32_PAT
-                | Msr::IA32_TSC_DEADLINE
-        )
-    {
+    if is_pmu(msr) || is_mtrr(msr) || msr == Msr::IA32_PAT || WRITE_IGNORED.contains(&msr) {
         MsrAction::IgnoreWrite
     } else {
         MsrAction::Fault
@@ -145,21 +140,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_what_must_trap_traps() {
+    fn writes_trap_unless_allowed_and_sensitive_reads_trap() {
         let bm = msr_bitmap(true);
         assert!(bm.traps_read(Msr::IA32_FEATURE_CONTROL));
         assert!(bm.traps_read(Msr::IA32_VMX_BASIC) && bm.traps_write(Msr::IA32_VMX_VMFUNC));
         assert!(bm.traps_read(Msr::IA32_PERF_GLOBAL_CTRL));
+        assert!(bm.traps_read(Msr(0x830)) && bm.traps_write(Msr(0x830)));
         assert!(!bm.traps_read(Msr::IA32_MTRRCAP) && !bm.traps_read(Msr(0x200)));
         assert!(bm.traps_write(Msr(0x200)) && bm.traps_write(Msr::IA32_MTRR_DEF_TYPE));
         assert!(!bm.traps_read(Msr::IA32_EFER) && !bm.traps_write(Msr::IA32_EFER));
-        assert!(!bm.traps_write(Msr::IA32_LSTAR) && !bm.traps_write(Msr::IA32_FS_BASE));
+        for m in WRITE_ALLOWED {
+            assert!(!bm.traps_write(m), "{m:?}");
+        }
         assert!(!bm.traps_write(Msr::IA32_PAT));
         assert!(msr_bitmap(false).traps_write(Msr::IA32_PAT));
-        assert!(
-            !bm.traps_read(Msr::IA32_TIME_STAMP_COUNTER)
-                && bm.traps_write(Msr::IA32_TIME_STAMP_COUNTER)
-        );
+        // Everything else writes through the hypervisor, known or not.
+        for m in [
+            Msr::IA32_TIME_STAMP_COUNTER,
+            Msr::IA32_SPEC_CTRL,
+            Msr::MSR_PLATFORM_INFO,
+            Msr(0x1234),
+            Msr(0xc000_0104),
+        ] {
+            assert!(bm.traps_write(m), "{m:?}");
+        }
+        assert!(!bm.traps_read(Msr::IA32_TIME_STAMP_COUNTER));
         assert!(
             bm.traps_read(Msr(0x4000_0000)),
             "outside the bitmap everything exits"
@@ -172,9 +177,14 @@ mod tests {
         assert_eq!(on_read(Msr::IA32_VMX_BASIC), MsrAction::Fault);
         assert_eq!(on_read(Msr::IA32_PMC0), MsrAction::Read(0));
         assert_eq!(on_read(Msr(0x4000_0000)), MsrAction::Fault);
+        assert_eq!(on_read(Msr(0x830)), MsrAction::Fault);
         assert_eq!(on_write(Msr::IA32_FEATURE_CONTROL), MsrAction::Fault);
         assert_eq!(on_write(Msr(0x202)), MsrAction::IgnoreWrite);
+        assert_eq!(on_write(Msr::IA32_MTRR_FIX4K_F8000), MsrAction::IgnoreWrite);
         assert_eq!(on_write(Msr::IA32_PERFEVTSEL0), MsrAction::IgnoreWrite);
+        assert_eq!(on_write(Msr::IA32_SPEC_CTRL), MsrAction::IgnoreWrite);
         assert_eq!(on_write(Msr(0x830)), MsrAction::Fault);
+        assert_eq!(on_write(Msr::MSR_PLATFORM_INFO), MsrAction::Fault);
+        assert_eq!(on_write(Msr(0x1234)), MsrAction::Fault);
     }
 }

@@ -1,10 +1,13 @@
-//! A fixed-size single-producer single-consumer ring for sample records. The producer is
-//! the sampling interrupt (or NMI) of one pCPU, the consumer the exporter; neither ever
-//! blocks or allocates. A full ring drops the new record and counts it.
+//! A fixed-size single-producer single-consumer ring for sample records. The producers are
+//! the sampling points of one pCPU (its tick handler, and its run or idle loop, which
+//! sample with interrupts disabled), the consumer the exporter; neither ever blocks or
+//! allocates. A full ring drops the new record and counts it. `push` also guards itself
+//! against a second producer arriving while one is inside it (an interrupt on top of a
+//! push, or another CPU): the late one drops its record (counted) instead of sharing a slot.
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// The ring. `N` must be a power of two.
 pub struct SampleRing<T: Copy, const N: usize> {
@@ -15,12 +18,16 @@ pub struct SampleRing<T: Copy, const N: usize> {
     tail: AtomicUsize,
     dropped: AtomicU64,
     pushed: AtomicU64,
+    /// A producer is inside `push`: taken by swap, so at most one producer writes slots.
+    producing: AtomicBool,
 }
 
-// SAFETY: slots are shared between exactly one producer and one consumer; a slot is
-// written only while it is outside [tail, head) and read only while inside, and the
-// head/tail stores use Release with Acquire loads on the other side, so no slot is ever
-// accessed by both at once. T: Send makes moving records across contexts sound.
+// SAFETY: at most one producer writes slots at a time: `push` writes only after winning
+// the `producing` flag (a producer that loses drops its record), which it releases after
+// publishing head. The one consumer (`pop_into`, called only by the exporter on the boot
+// pCPU) reads only slots in [tail, head); the producer writes only the slot at head, outside
+// that range; head/tail stores are Release and the other side's loads Acquire, so no slot
+// is accessed by both at once. T: Send makes moving records across contexts sound.
 unsafe impl<T: Copy + Send, const N: usize> Sync for SampleRing<T, N> {}
 
 impl<T: Copy, const N: usize> Default for SampleRing<T, N> {
@@ -41,23 +48,33 @@ impl<T: Copy, const N: usize> SampleRing<T, N> {
             tail: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
+            producing: AtomicBool::new(false),
         }
     }
 
-    /// Producer side: stores `value`, or drops it (counted) when the ring is full.
+    /// Producer side: stores `value`, or drops it (counted) when the ring is full or
+    /// another producer is inside `push` at this moment.
     pub fn push(&self, value: T) -> bool {
-        let head = self.head.load(Ordering::Relaxed);
-        let tail = self.tail.load(Ordering::Acquire);
-        if head.wrapping_sub(tail) >= N {
+        // Acquire pairs with the Release below: the previous producer's head is visible.
+        if self.producing.swap(true, Ordering::Acquire) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        // SAFETY: slot `head % N` is outside [tail, head), so the consumer does not read
-        // it; only this (single) producer writes slots. See the Sync impl.
-        unsafe { (*self.slots.get())[head % N].write(value) };
-        self.head.store(head.wrapping_add(1), Ordering::Release);
-        self.pushed.fetch_add(1, Ordering::Relaxed);
-        true
+        let head = self.head.load(Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Acquire);
+        let stored = head.wrapping_sub(tail) < N;
+        if stored {
+            // SAFETY: slot `head % N` is outside [tail, head), so the consumer does not
+            // read it; this producer holds `producing`, so no other writes it. See the
+            // Sync impl.
+            unsafe { (*self.slots.get())[head % N].write(value) };
+            self.head.store(head.wrapping_add(1), Ordering::Release);
+            self.pushed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.producing.store(false, Ordering::Release);
+        stored
     }
 
     /// Consumer side: moves up to `out.len()` records out, oldest first; returns how many.
@@ -131,6 +148,22 @@ mod tests {
         assert_eq!(ring.take_dropped(), 3);
         assert_eq!(ring.take_dropped(), 0);
         assert!(ring.is_empty());
+    }
+
+    #[test]
+    fn a_producer_arriving_inside_push_drops_instead_of_sharing_a_slot() {
+        let ring: SampleRing<u32, 8> = SampleRing::new();
+        assert!(ring.push(1));
+        // As if an interrupt came in the middle of a push on this pCPU.
+        ring.producing.store(true, Ordering::Relaxed);
+        assert!(!ring.push(2));
+        ring.producing.store(false, Ordering::Relaxed);
+        assert!(ring.push(3));
+        let mut out = [0u32; 8];
+        assert_eq!(ring.pop_into(&mut out), 2);
+        assert_eq!(&out[..2], &[1, 3]);
+        assert_eq!(ring.dropped(), 1);
+        assert_eq!(ring.pushed(), 2);
     }
 
     #[test]

@@ -17,17 +17,17 @@ use loader::pvh::{HvmMemmapEntry, StartInfoParams, memmap_type, write_start_info
 use vmlog::{Header, SamplingSource, VcpuRef, VmInfo};
 
 use crate::arch::interrupts::{InterruptFrame, vectors};
-use crate::arch::{gdt, lapic};
+use crate::arch::{cpu, gdt, interrupts, lapic};
 use crate::power::{self, status};
 use crate::vmx::bitmap::IoBitmaps;
 use crate::vmx::caps::{CapabilitySource, Controls, VmxCaps, VmxUnavailable};
 use crate::vmx::controls::{EntryCtls, ExitCtls, ProcCtls};
-use crate::vmx::entry::{GuestRegs, enter_guest, reg, vmexit_landing};
+use crate::vmx::entry::{EnterError, GuestRegs, reg, vmexit_landing};
 use crate::vmx::ept::{Ept, PAGE_SIZE, perm};
 use crate::vmx::exit::{ExitReason, InterruptionInfo, InterruptionType};
-use crate::vmx::hostmem::{self, HostFrames, IdentityTables};
+use crate::vmx::hostmem::{HostFrames, IdentityTables};
 use crate::vmx::hw::{self, CpuCaps, HwPmu};
-use crate::vmx::instr::{self, CurrentVmcs};
+use crate::vmx::instr::CurrentVmcs;
 use crate::vmx::msr::Msr;
 use crate::vmx::preemption;
 use crate::vmx::root::{VmcsRegion, VmxOnError, VmxRoot};
@@ -49,7 +49,8 @@ static PCPU0: &PcpuState = &PCPUS[0];
 const SLICE_MS: u64 = 10;
 /// Guest-physical page for the hvm_start_info when the image leaves it free.
 const START_INFO_GPA: u64 = 0x1000;
-/// Guest RAM alignment in bytes: 2 MiB, so that its EPT mapping can use 2 MiB pages.
+/// Guest RAM alignment in bytes: 2 MiB. EPT maps guest RAM with 4 KiB pages only; the
+/// alignment just keeps the door open for 2 MiB EPT pages.
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
 /// The host tick runs 1/2^8 faster than the sampling grid, so that every slot holds a tick
 /// whatever the calibration error (see `time::start_periodic_shortened`).
@@ -104,20 +105,20 @@ fn print_caps(caps: &VmxCaps) {
 
 fn host_state() -> HostState {
     let segs = gdt::host_segments();
-    let (gdtr_base, _) = instr::read_gdtr();
-    let (idtr_base, _) = instr::read_idtr();
+    let (gdtr_base, _) = cpu::read_gdtr();
+    let (idtr_base, _) = cpu::read_idtr();
     let (fs_base, gs_base, efer, pat) = hw::host_msrs();
     HostState {
-        cr0: instr::read_cr0(),
-        cr3: instr::read_cr3(),
-        cr4: instr::read_cr4(),
-        cs: instr::read_cs(),
-        ss: instr::read_ss(),
-        ds: instr::read_ds(),
-        es: instr::read_es(),
-        fs: instr::read_fs(),
-        gs: instr::read_gs(),
-        tr: instr::read_tr(),
+        cr0: cpu::read_cr0(),
+        cr3: cpu::read_cr3(),
+        cr4: cpu::read_cr4(),
+        cs: cpu::read_cs(),
+        ss: cpu::read_ss(),
+        ds: cpu::read_ds(),
+        es: cpu::read_es(),
+        fs: cpu::read_fs(),
+        gs: cpu::read_gs(),
+        tr: cpu::read_tr(),
         fs_base,
         gs_base,
         tr_base: segs.tss_base,
@@ -151,9 +152,7 @@ fn build_vm(
             spec.module
         ))
     });
-    // SAFETY: GRUB placed the module there; the frame allocator never hands it out, and it
-    // is only read.
-    let image = unsafe { hostmem::phys_bytes(module.start, module.len() as usize) };
+    let image = crate::boot::module_bytes(module);
     let mem_bytes = u64::from(spec.mem_mb) << 20;
     let frames = mem_bytes / PAGE_SIZE;
     let mut ram_frames = HostFrames::alloc_zeroed(frames, GUEST_RAM_ALIGN).unwrap_or_else(|| {
@@ -193,9 +192,12 @@ fn build_vm(
     let mut tables = IdentityTables {
         alloc: || memory::alloc_zeroed_frames(1, 1),
     };
-    let image_range = memory::image_range();
-    let hypervisor_image = image_range.start..image_range.end;
-    let mut ept = Ept::new(&mut tables, core::slice::from_ref(&hypervisor_image))
+    // Refused in EPT: the image (code, data, boot and IST stacks) and the heap. The other
+    // frames the hypervisor owns (AP stacks, VMCS, bitmaps, EPT tables) come from the same
+    // frame allocator as guest RAM, which hands each frame out once.
+    let (image, heap) = (memory::image_range(), memory::heap_range());
+    let hypervisor_ranges = [image.start..image.end, heap.start..heap.end];
+    let mut ept = Ept::new(&mut tables, &hypervisor_ranges)
         .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
     for i in 0..frames {
         ept.map_4k(
@@ -247,6 +249,7 @@ fn build_vm(
     )
     .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
     let mut vcpu = Vcpu::new(0, vpid, vmcs.pa());
+    vcpu.cr4_allowed = caps.guest_cr4_allowed();
     vcpu.regs = GuestRegs::default();
     vcpu.regs.0[reg::RBX] = layout.start_info;
     println!(
@@ -274,13 +277,13 @@ struct HwEnv {
 
 impl ExitEnv for HwEnv {
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        instr::cpuid(leaf, subleaf)
+        cpu::cpuid(leaf, subleaf).to_array()
     }
     fn host_rdmsr(&self, msr: Msr) -> u64 {
         hw::read_host_msr_for_guest(msr)
     }
     fn tsc(&self) -> u64 {
-        instr::rdtsc()
+        cpu::rdtsc()
     }
     fn tsc_hz(&self) -> u64 {
         self.tsc_hz
@@ -311,7 +314,7 @@ impl fmt::Display for Lossy<'_> {
 fn host_tick(frame: &mut InterruptFrame) {
     let slot = crate::arch::percpu::current().index as usize;
     if let Some(p) = PCPUS.get(slot) {
-        p.sample_host_if_due(frame.rip, instr::rdtsc());
+        p.sample_host_if_due(frame.rip, cpu::rdtsc());
     }
 }
 
@@ -349,6 +352,8 @@ struct Runner {
     /// TSC of the last sampling exit not yet followed by a VM entry.
     sample_exit_at: Option<u64>,
     other_interrupts: u64,
+    /// Those interrupts by vector (the spurious vector included: it gets no EOI).
+    other_by_vector: [u64; 256],
     nmis: u64,
     stats: SamplingStats,
     exporter: Exporter<fn(&[u8])>,
@@ -381,7 +386,7 @@ impl Runner {
     fn run(mut self) -> ! {
         let slots = self.slots();
         loop {
-            let now = instr::rdtsc();
+            let now = cpu::rdtsc();
             if self.run_until.is_some_and(|t| now >= t) {
                 for vm in self.vms.iter_mut().filter(|vm| vm.stopped.is_none()) {
                     vm.stopped = Some(StopReason::RunTimeOver);
@@ -412,11 +417,7 @@ impl Runner {
                     // Everything halted: a VM whose vCPUs all wait without a timer can
                     // never run again.
                     for vm in self.vms.iter_mut().filter(|vm| vm.stopped.is_none()) {
-                        if vm
-                            .vcpus
-                            .iter()
-                            .all(|c| c.halted && c.timer.is_none() && c.pending_vector.is_none())
-                        {
+                        if vm.vcpus.iter().all(|c| c.can_never_wake()) {
                             vm.stopped = Some(StopReason::HaltedForever);
                             report_stop(vm);
                         }
@@ -452,11 +453,13 @@ impl Runner {
             .flat_map(|vm| vm.vcpus.iter())
             .filter_map(|c| c.timer.map(|t| t.deadline_tsc))
             .min();
-        instr::enable_interrupts();
+        interrupts::enable();
         loop {
-            let now = instr::rdtsc();
+            let now = cpu::rdtsc();
             let slot_due = PCPU0.grid.next_unclaimed_start().is_some_and(|t| now >= t);
-            if slot_due && PCPU0.sample_host_if_due(idle_rip(), now) {
+            // The tick's host_tick pushes to the same ring: the sample is taken with
+            // interrupts off, so that this pCPU's ring keeps a single producer at a time.
+            if slot_due && cpu::without_interrupts(|| PCPU0.sample_host_if_due(idle_rip(), now)) {
                 self.stats.idle_samples += 1;
             }
             // Nothing to wait for (a vCPU halted with IF clear and a vector pending): the
@@ -472,13 +475,13 @@ impl Runner {
     /// Runs vCPU `j` of VM `i` until it halts, stops, or its slice ends.
     fn run_vcpu(&mut self, i: usize, j: usize) {
         let vmcs_pa = self.vms[i].vcpus[j].vmcs;
+        let region = self
+            .vmcs_regions
+            .iter()
+            .position(|r| r.pa() == vmcs_pa)
+            .unwrap_or_else(|| fatal(format_args!("no VMCS region at {vmcs_pa:#x}")));
         if self.current_vmcs != vmcs_pa {
-            let region = self
-                .vmcs_regions
-                .iter()
-                .find(|r| r.pa() == vmcs_pa)
-                .unwrap_or_else(|| fatal(format_args!("no VMCS region at {vmcs_pa:#x}")));
-            if let Err(e) = self.root.load(region) {
+            if let Err(e) = self.root.load(&self.vmcs_regions[region]) {
                 fatal(format_args!("VMPTRLD {vmcs_pa:#x}: {e}"));
             }
             self.current_vmcs = vmcs_pa;
@@ -489,17 +492,19 @@ impl Runner {
         };
         PCPU0.set_serving(Some(who));
         PCPU0.set_running();
-        let slice_end = instr::rdtsc() + self.slice_tsc;
+        let slice_end = cpu::rdtsc() + self.slice_tsc;
         let mut env = HwEnv {
             tsc_hz: self.tsc_hz,
         };
         loop {
             // From here to the exit's sample, interrupts are off: the tick cannot come
             // between claiming a slot and recording its sample, and ring order is TSC order.
-            instr::disable_interrupts();
+            // SAFETY: nothing until the re-enable below waits for an interrupt: sampling,
+            // VM entry and the exit's decoding only poll.
+            unsafe { cpu::disable_interrupts() };
             // A slot that began while the host ran gets its (host) sample here, so the
             // preemption timer below is always armed for a slot still to come.
-            if PCPU0.sample_host_if_due(entry_path_rip(), instr::rdtsc()) {
+            if PCPU0.sample_host_if_due(entry_path_rip(), cpu::rdtsc()) {
                 self.stats.entry_samples += 1;
             }
             self.prepare_entry(i, j, slice_end);
@@ -507,24 +512,23 @@ impl Runner {
             let vcpu = &mut vm.vcpus[j];
             let launched = vcpu.launched;
             if let Some(t) = self.sample_exit_at.take() {
-                PCPU0.record_sample_latency(instr::rdtsc().wrapping_sub(t));
+                PCPU0.record_sample_latency(cpu::rdtsc().wrapping_sub(t));
             }
-            // SAFETY: VMX root operation (self.root), this vCPU's VMCS is current (loaded
-            // above) and was filled by setup_vmcs with HOST_RIP = vmexit_landing and this
-            // CPU's host state.
-            let entered = unsafe { enter_guest(&mut vcpu.regs, launched) };
-            let t_exit = instr::rdtsc();
-            if let Err(fail) = entered {
-                instr::enable_interrupts();
+            let entered = self
+                .root
+                .enter(&self.vmcs_regions[region], &mut vcpu.regs, launched);
+            let t_exit = cpu::rdtsc();
+            if let Err(e) = entered {
+                interrupts::enable();
+                // Only VMfail is the guest's VMCS being refused; the other errors are the
+                // hypervisor's own host state, which no VM can run with.
+                let EnterError::Fail(fail) = e else {
+                    fatal(format_args!("vm {}: VM entry: {e}", vm.name))
+                };
                 let rip = CurrentVmcs.read(crate::vmx::vmcs::GuestNW::Rip);
-                println!(
-                    "hv: vm {}: {} failed: {fail}",
-                    vm.name,
-                    if launched { "VMRESUME" } else { "VMLAUNCH" }
-                );
-                vm.stopped = Some(StopReason::EntryFailed {
-                    reason: 0,
-                    qualification: 0,
+                vm.stopped = Some(StopReason::EntryRefused {
+                    resume: launched,
+                    fail,
                     rip,
                 });
                 report_stop(vm);
@@ -554,17 +558,25 @@ impl Runner {
                 // Acknowledged on exit: the LAPIC waits for its EOI.
                 lapic::eoi();
             }
-            instr::enable_interrupts();
+            interrupts::enable();
             PCPU0.set_handling(basic as u16);
             match handle(&exit, vm, j, &mut CurrentVmcs, &mut env) {
                 Outcome::ExternalInterrupt(v) if v == vectors::TIMER => {}
-                Outcome::ExternalInterrupt(_) => {
+                Outcome::ExternalInterrupt(v) => {
+                    // arch::interrupts offers no way to run a host handler for a vector
+                    // acknowledged on exit: count it and end it. A spurious interrupt sets
+                    // no in-service bit, so it must not get an EOI (SDM 12.9).
                     self.other_interrupts += 1;
-                    lapic::eoi();
+                    self.other_by_vector[usize::from(v)] += 1;
+                    if v != vectors::SPURIOUS {
+                        lapic::eoi();
+                    }
                 }
                 Outcome::Nmi => {
                     self.nmis += 1;
-                    instr::reflect_nmi_to_host();
+                    // SAFETY: host context after a VM exit; interrupts::init installed the
+                    // host NMI handler at vector 2 of the IDT this CPU has loaded.
+                    unsafe { cpu::reflect_nmi_to_host() };
                 }
                 Outcome::Continue => {}
             }
@@ -588,8 +600,7 @@ impl Runner {
             if sampled && sampling_only {
                 self.sample_exit_at = Some(t_exit);
             }
-            vcpu.exits
-                .record(basic, instr::rdtsc().wrapping_sub(t_exit));
+            vcpu.exits.record(basic, cpu::rdtsc().wrapping_sub(t_exit));
             PCPU0.set_running();
             if vm.stopped.is_some() {
                 report_stop(vm);
@@ -598,7 +609,7 @@ impl Runner {
             if vcpu.halted {
                 return;
             }
-            if instr::rdtsc() >= slice_end {
+            if cpu::rdtsc() >= slice_end {
                 return;
             }
             self.drain_if_due();
@@ -611,9 +622,17 @@ impl Runner {
         let vcpu = &mut self.vms[i].vcpus[j];
         let mut vmcs = CurrentVmcs;
         let mut want_window = false;
-        if let Some((info, code)) = vcpu.pending_exception.take() {
-            let _ = vmcs.write(Control32::EntryInterruptionInfo, info.0 as u64);
-            let _ = vmcs.write(Control32::EntryExceptionErrorCode, code as u64);
+        if let Some(ev) = vcpu.pending_event {
+            // An external interrupt (re-injected after an exit during its delivery) needs
+            // the window open like any other (SDM 26.3.1.5).
+            if ev.info.kind() != InterruptionType::External || interrupt_window_open(&vmcs) {
+                let _ = vmcs.write(Control32::EntryInterruptionInfo, ev.info.0 as u64);
+                let _ = vmcs.write(Control32::EntryExceptionErrorCode, ev.error_code as u64);
+                let _ = vmcs.write(Control32::EntryInstructionLength, ev.instruction_len as u64);
+                vcpu.pending_event = None;
+            } else {
+                want_window = true;
+            }
         } else if let Some(v) = vcpu.pending_vector {
             if interrupt_window_open(&vmcs) {
                 let info = InterruptionInfo::new(InterruptionType::External, v, false);
@@ -640,13 +659,13 @@ impl Runner {
         if let Some(t) = PCPU0.grid.next_unclaimed_start() {
             deadline = deadline.min(t);
         }
-        let value = preemption::timer_value(instr::rdtsc(), deadline, self.preemption_shift);
+        let value = preemption::timer_value(cpu::rdtsc(), deadline, self.preemption_shift);
         let _ = vmcs.write(Guest32::PreemptionTimerValue, u64::from(value));
     }
 
     fn finish(mut self, reason: &'static str) -> ! {
         time::set_tick_hook(None);
-        let end_tsc = instr::rdtsc();
+        let end_tsc = cpu::rdtsc();
         let grid = PCPU0.grid.finish(end_tsc);
         let aps = self.pcpus - 1;
         if aps > 0 {
@@ -717,10 +736,23 @@ impl Runner {
             None => println!("hv: sample exit->entry avg n/a (no sampling exit)"),
         }
         if self.other_interrupts + self.nmis > 0 {
+            let mut by_vector = alloc::string::String::new();
+            for (v, n) in self
+                .other_by_vector
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+            {
+                let _ = fmt::Write::write_fmt(&mut by_vector, format_args!(" {v:#x}={n}"));
+            }
             println!(
-                "hv: other interrupts in guest mode: {}, NMIs: {}",
+                "hv: other interrupts in guest mode: {} (by vector:{by_vector}), NMIs: {}",
                 self.other_interrupts, self.nmis
             );
+        }
+        // VMXOFF on the boot pCPU too (the APs did theirs in quiesce_aps).
+        if let Err(e) = self.root.off() {
+            println!("hv: pcpu 0: VMXOFF failed: {e}");
         }
         power::stop(status::OK, reason)
     }
@@ -744,10 +776,10 @@ fn print_exits(name: &str, k: usize, vcpu: &Vcpu) {
     }
     println!("hv: vm {name} vcpu {k} exits:{}", line);
     let io = vcpu.io;
-    if io.reads + io.writes + io.string_ops > 0 {
+    if io.reads + io.writes > 0 {
         println!(
-            "hv: vm {name} vcpu {k} unmodelled I/O: {} reads (all-ones), {} writes (dropped), {} string ops, last port {:#x}",
-            io.reads, io.writes, io.string_ops, io.last_port
+            "hv: vm {name} vcpu {k} unmodelled I/O: {} reads (all-ones), {} writes (dropped), last port {:#x}",
+            io.reads, io.writes, io.last_port
         );
     }
 }
@@ -838,7 +870,7 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
     if let Err(e) = time::start_periodic_shortened(cfg.sample_hz, TICK_SHORTEN_SHIFT) {
         fatal(format_args!("sampling timer at {} Hz: {e}", cfg.sample_hz));
     }
-    let start_tsc = instr::rdtsc();
+    let start_tsc = cpu::rdtsc();
     for p in &PCPUS[..pcpus] {
         p.grid.start(start_tsc, period_tsc);
     }
@@ -874,11 +906,14 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
         preemption_shift,
         tsc_hz,
         slice_tsc: tsc_hz / 1000 * SLICE_MS,
-        run_until: (cfg.run_ms > 0).then(|| start_tsc + tsc_hz / 1000 * cfg.run_ms),
+        // run_ms is capped by the command line; saturate anyway rather than wrap.
+        run_until: (cfg.run_ms > 0)
+            .then(|| start_tsc.saturating_add((tsc_hz / 1000).saturating_mul(cfg.run_ms))),
         current_vmcs: 0,
         next: 0,
         sample_exit_at: None,
         other_interrupts: 0,
+        other_by_vector: [0; 256],
         nmis: 0,
         stats: SamplingStats::default(),
         exporter,

@@ -10,7 +10,6 @@ use crate::arch::smp::{self, ApParams};
 use crate::arch::{cpu, lapic};
 use crate::vmx::hostmem;
 use crate::vmx::hw;
-use crate::vmx::instr;
 use crate::vmx::root::VmxRoot;
 use crate::{memory, println, time};
 
@@ -93,10 +92,10 @@ pub fn start_aps(sample_hz: u32, tick_shift: u32) -> usize {
         }
         STARTED.fetch_add(1, Ordering::Relaxed);
         // Wait for its one line (VMX on or why not), so the boot log stays in order.
-        let deadline = instr::rdtsc() + time::ns_to_tsc(AP_REPORT_TIMEOUT_US * 1000);
+        let deadline = cpu::rdtsc() + time::ns_to_tsc(AP_REPORT_TIMEOUT_US * 1000);
         let state = loop {
             let s = AP_STATE[slot as usize].load(Ordering::Acquire);
-            if s != STATE_NONE || instr::rdtsc() > deadline {
+            if s != STATE_NONE || cpu::rdtsc() > deadline {
                 break s;
             }
             cpu::pause();
@@ -111,10 +110,7 @@ pub fn start_aps(sample_hz: u32, tick_shift: u32) -> usize {
 }
 
 fn halt_forever() -> ! {
-    loop {
-        cpu::disable_interrupts();
-        cpu::hlt();
-    }
+    cpu::halt_forever()
 }
 
 /// An AP's Rust entry (called by the trampoline on the AP's own stack).
@@ -150,7 +146,9 @@ extern "C" fn ap_entry(slot: u64) -> ! {
         // SAFETY: this CPU's IDT, TSS and LAPIC are set up and the tick has its handler.
         unsafe { cpu::enable_interrupts_and_hlt() };
     }
-    cpu::disable_interrupts();
+    // SAFETY: nothing below waits for an interrupt: the timer is stopped, VMX turned off and
+    // the CPU halts for good.
+    unsafe { cpu::disable_interrupts() };
     lapic::timer_stop();
     let off = root.off();
     if let Err(e) = off {
@@ -168,8 +166,8 @@ pub fn quiesce_aps() -> u32 {
         return 0;
     }
     QUIESCE.store(1, Ordering::Release);
-    let deadline = instr::rdtsc() + time::ns_to_tsc(AP_STOP_TIMEOUT_US * 1000);
-    while STOPPED.load(Ordering::Acquire) < started && instr::rdtsc() < deadline {
+    let deadline = cpu::rdtsc() + time::ns_to_tsc(AP_STOP_TIMEOUT_US * 1000);
+    while STOPPED.load(Ordering::Acquire) < started && cpu::rdtsc() < deadline {
         cpu::pause();
     }
     STOPPED.load(Ordering::Acquire)

@@ -11,9 +11,9 @@ use crate::vmx::entry::GuestRegs;
 use crate::vmx::exit::{ExitReason, InterruptionInfo, MAX_EXIT_REASON};
 use crate::vmx::vmcs::{
     Control16, Control32, Control64, ControlNW, Guest16, Guest32, Guest64, GuestNW, Host16, Host32,
-    Host64, HostNW, Vmcs, VmcsWriteError, access_rights as ar,
+    Host64, HostNW, VmFail, Vmcs, VmcsWriteError, access_rights as ar,
 };
-use crate::vmx::{cr0, rflags};
+use crate::vmx::{cr0, dr7, rflags};
 
 use super::uart::Uart16550;
 
@@ -32,15 +32,34 @@ pub enum StopReason {
     TripleFault {
         rip: u64,
     },
-    /// VM entry failed (exit reason with bit 31 set) or was refused (VMfail).
+    /// VM entry failed (exit reason with bit 31 set).
     EntryFailed {
         reason: u32,
         qualification: u64,
         rip: u64,
     },
+    /// VMLAUNCH (`resume` false) or VMRESUME refused the entry (VMfail), with the
+    /// VM-instruction error number when there is one.
+    EntryRefused {
+        resume: bool,
+        fail: VmFail,
+        rip: u64,
+    },
     Unhandled {
         reason: u32,
         qualification: u64,
+        rip: u64,
+    },
+    /// INS/OUTS (REP or not): not emulated.
+    StringIo {
+        port: u16,
+        input: bool,
+        rep: bool,
+        rip: u64,
+    },
+    /// A guest mode this hypervisor does not support.
+    Unsupported {
+        what: &'static str,
         rip: u64,
     },
     /// The host's run_ms elapsed.
@@ -74,6 +93,25 @@ impl fmt::Display for StopReason {
                 "VM entry failed: exit reason {reason} ({}) qualification {qualification:#x} rip {rip:#x}",
                 name(reason)
             ),
+            StopReason::EntryRefused { resume, fail, rip } => write!(
+                f,
+                "VM entry refused: {} {fail} rip {rip:#x}",
+                if resume { "VMRESUME" } else { "VMLAUNCH" }
+            ),
+            StopReason::StringIo {
+                port,
+                input,
+                rep,
+                rip,
+            } => write!(
+                f,
+                "string I/O not emulated: {}{} port {port:#x} rip {rip:#x}",
+                if rep { "REP " } else { "" },
+                if input { "INS" } else { "OUTS" }
+            ),
+            StopReason::Unsupported { what, rip } => {
+                write!(f, "not supported: {what} rip {rip:#x}")
+            }
             StopReason::Unhandled {
                 reason,
                 qualification,
@@ -158,8 +196,28 @@ pub struct GuestTimer {
 pub struct UnmodelledIo {
     pub reads: u64,
     pub writes: u64,
-    pub string_ops: u64,
     pub last_port: u16,
+}
+
+/// An event to inject at the next VM entry (SDM 26.6): its interruption information, the
+/// error code (used when the info says so) and, for software interrupts and exceptions,
+/// the length of the instruction that raised it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingEvent {
+    pub info: InterruptionInfo,
+    pub error_code: u32,
+    pub instruction_len: u32,
+}
+
+impl PendingEvent {
+    /// A hardware exception, or an external interrupt, without instruction length.
+    pub const fn new(info: InterruptionInfo, error_code: u32) -> Self {
+        PendingEvent {
+            info,
+            error_code,
+            instruction_len: 0,
+        }
+    }
 }
 
 /// One vCPU.
@@ -171,11 +229,15 @@ pub struct Vcpu {
     pub vmcs: u64,
     pub launched: bool,
     pub halted: bool,
+    /// Whether the halted vCPU can take an external interrupt: RFLAGS.IF was set at its
+    /// HLT (the STI/MOV-SS shadow ends with the HLT, and the halted guest changes nothing).
+    pub halted_interruptible: bool,
     pub timer: Option<GuestTimer>,
     /// An external-interrupt vector waiting for the guest to accept it.
     pub pending_vector: Option<u8>,
-    /// An exception to inject at the next entry: (interruption info, error code).
-    pub pending_exception: Option<(InterruptionInfo, u32)>,
+    /// An exception, or an event whose delivery an exit interrupted (IDT-vectoring
+    /// information), to inject at the next entry; it goes before [`Self::pending_vector`].
+    pub pending_event: Option<PendingEvent>,
     /// The last exit that was not a sampling interrupt.
     pub last_exit: Option<u16>,
     pub exits: ExitCounters,
@@ -185,6 +247,9 @@ pub struct Vcpu {
     pub cr4_shadow: u64,
     /// Whether interrupt-window exiting is on in its VMCS.
     pub window_exiting: bool,
+    /// CR4 bits the guest may set ([`crate::vmx::caps::VmxCaps::guest_cr4_allowed`]); a
+    /// trapped MOV to CR4 setting any other bit raises #GP.
+    pub cr4_allowed: u64,
 }
 
 impl Vcpu {
@@ -196,30 +261,43 @@ impl Vcpu {
             vmcs,
             launched: false,
             halted: false,
+            halted_interruptible: false,
             timer: None,
             pending_vector: None,
-            pending_exception: None,
+            pending_event: None,
             last_exit: None,
             exits: ExitCounters::default(),
             io: UnmodelledIo::default(),
             cr0_shadow: PVH_CR0,
             cr4_shadow: 0,
             window_exiting: false,
+            cr4_allowed: 0,
         }
     }
 
     /// Fires the guest timer if its deadline is at or before `now`: the vector is queued
-    /// for injection and a halted vCPU wakes. Returns whether it fired.
+    /// for injection, and a halted vCPU wakes if it can take the interrupt (as the HLT
+    /// handler decides; else the vector stays pending). Returns whether it fired.
     pub fn fire_timer(&mut self, now: u64) -> bool {
         match self.timer {
             Some(t) if now >= t.deadline_tsc => {
                 self.timer = None;
                 self.pending_vector = Some(t.vector);
-                self.halted = false;
+                if self.halted_interruptible {
+                    self.halted = false;
+                }
                 true
             }
             _ => false,
         }
+    }
+
+    /// Halted for good: no timer armed, and no pending vector it could take.
+    pub fn can_never_wake(&self) -> bool {
+        self.halted
+            && self.timer.is_none()
+            && (self.pending_vector.is_none() && self.pending_event.is_none()
+                || !self.halted_interruptible)
     }
 }
 
@@ -246,6 +324,16 @@ impl Vm {
 
 /// CR0 a PVH guest starts with: protected mode, paging off (ET is hard-wired to 1).
 pub const PVH_CR0: u64 = cr0::PE | cr0::ET;
+/// The PVH entry's segment selectors (the values are the guest's business; a GDT with
+/// code at 0x10 and data at 0x18 is what Linux's PVH entry builds).
+pub const PVH_CODE_SELECTOR: u64 = 0x10;
+pub const PVH_DATA_SELECTOR: u64 = 0x18;
+/// A flat 4 GiB segment limit (byte granularity view of G=1, limit 0xfffff).
+pub const FLAT_LIMIT: u64 = 0xffff_ffff;
+/// Limit of a 32-bit TSS: 104 bytes (SDM 8.2.1).
+pub const TSS32_LIMIT: u64 = 104 - 1;
+/// IA32_PAT after power-on and reset (SDM 13.12.4).
+pub const PAT_POWER_ON: u64 = 0x0007_0406_0007_0406;
 
 /// The host state a VMCS needs, read from the running hypervisor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -386,7 +474,7 @@ pub fn setup_vmcs(
     vmcs.write(GuestNW::Cr0, guest_cr0)?;
     vmcs.write(GuestNW::Cr3, 0)?;
     vmcs.write(GuestNW::Cr4, guest_cr4)?;
-    vmcs.write(GuestNW::Dr7, 0x400)?;
+    vmcs.write(GuestNW::Dr7, dr7::INIT)?;
     vmcs.write(GuestNW::Rsp, 0)?;
     vmcs.write(GuestNW::Rip, entry.rip)?;
     vmcs.write(GuestNW::Rflags, rflags::FIXED)?;
@@ -396,7 +484,7 @@ pub fn setup_vmcs(
             Guest32::CsLimit,
             Guest32::CsAccessRights,
             GuestNW::CsBase,
-            0x10,
+            PVH_CODE_SELECTOR,
             ar::CODE32,
         ),
         (
@@ -404,7 +492,7 @@ pub fn setup_vmcs(
             Guest32::SsLimit,
             Guest32::SsAccessRights,
             GuestNW::SsBase,
-            0x18,
+            PVH_DATA_SELECTOR,
             ar::DATA32,
         ),
         (
@@ -412,7 +500,7 @@ pub fn setup_vmcs(
             Guest32::DsLimit,
             Guest32::DsAccessRights,
             GuestNW::DsBase,
-            0x18,
+            PVH_DATA_SELECTOR,
             ar::DATA32,
         ),
         (
@@ -420,7 +508,7 @@ pub fn setup_vmcs(
             Guest32::EsLimit,
             Guest32::EsAccessRights,
             GuestNW::EsBase,
-            0x18,
+            PVH_DATA_SELECTOR,
             ar::DATA32,
         ),
         (
@@ -428,7 +516,7 @@ pub fn setup_vmcs(
             Guest32::FsLimit,
             Guest32::FsAccessRights,
             GuestNW::FsBase,
-            0x18,
+            PVH_DATA_SELECTOR,
             ar::DATA32,
         ),
         (
@@ -436,18 +524,18 @@ pub fn setup_vmcs(
             Guest32::GsLimit,
             Guest32::GsAccessRights,
             GuestNW::GsBase,
-            0x18,
+            PVH_DATA_SELECTOR,
             ar::DATA32,
         ),
     ];
     for (sel, limit, rights, base, selector, access) in segs {
         vmcs.write(sel, selector)?;
-        vmcs.write(limit, 0xffff_ffff)?;
+        vmcs.write(limit, FLAT_LIMIT)?;
         vmcs.write(rights, access)?;
         vmcs.write(base, 0)?;
     }
     vmcs.write(Guest16::TrSelector, 0)?;
-    vmcs.write(Guest32::TrLimit, 0x67)?;
+    vmcs.write(Guest32::TrLimit, TSS32_LIMIT)?;
     vmcs.write(Guest32::TrAccessRights, ar::TSS32_BUSY)?;
     vmcs.write(GuestNW::TrBase, 0)?;
     vmcs.write(Guest16::LdtrSelector, 0)?;
@@ -468,8 +556,7 @@ pub fn setup_vmcs(
     vmcs.write(Guest64::Ia32Debugctl, 0)?;
     vmcs.write(Guest64::Ia32Efer, 0)?;
     if ctl.entry & crate::vmx::controls::EntryCtls::LOAD_PAT.bits() != 0 {
-        // Power-on PAT value (SDM 13.12.4).
-        vmcs.write(Guest64::Ia32Pat, 0x0007_0406_0007_0406)?;
+        vmcs.write(Guest64::Ia32Pat, PAT_POWER_ON)?;
     }
     Ok(())
 }
@@ -501,6 +588,7 @@ mod tests {
         let mut v = Vcpu::new(0, 1, 0x9000);
         assert!(!v.fire_timer(100), "no timer set");
         v.halted = true;
+        v.halted_interruptible = true;
         v.timer = Some(GuestTimer {
             deadline_tsc: 1000,
             vector: 0x30,
@@ -514,6 +602,25 @@ mod tests {
             (false, Some(0x30), None)
         );
         assert!(!v.fire_timer(2000), "one-shot");
+        assert!(!v.can_never_wake());
+    }
+
+    #[test]
+    fn guest_timer_leaves_a_vcpu_halted_with_interrupts_off_asleep() {
+        let mut v = Vcpu::new(0, 1, 0x9000);
+        v.halted = true;
+        v.halted_interruptible = false;
+        v.timer = Some(GuestTimer {
+            deadline_tsc: 10,
+            vector: 0x30,
+        });
+        assert!(!v.can_never_wake(), "the timer is still armed");
+        assert!(v.fire_timer(10));
+        assert_eq!((v.halted, v.pending_vector), (true, Some(0x30)));
+        assert!(
+            v.can_never_wake(),
+            "HLT with IF clear: only an NMI could wake it"
+        );
     }
 
     #[test]
@@ -625,6 +732,40 @@ mod tests {
         assert_eq!(
             format!("{}", StopReason::Requested { status: 0 }),
             "status=0"
+        );
+        assert_eq!(
+            format!(
+                "{}",
+                StopReason::EntryRefused {
+                    resume: true,
+                    fail: VmFail::Valid(7),
+                    rip: 0x10_0000
+                }
+            ),
+            "VM entry refused: VMRESUME VMfailValid error 7 (VM entry with invalid control field(s)) rip 0x100000"
+        );
+        assert_eq!(
+            format!(
+                "{}",
+                StopReason::EntryRefused {
+                    resume: false,
+                    fail: VmFail::Invalid,
+                    rip: 0
+                }
+            ),
+            "VM entry refused: VMLAUNCH VMfailInvalid rip 0x0"
+        );
+        assert_eq!(
+            format!(
+                "{}",
+                StopReason::StringIo {
+                    port: 0x3f8,
+                    input: false,
+                    rep: true,
+                    rip: 0x2000
+                }
+            ),
+            "string I/O not emulated: REP OUTS port 0x3f8 rip 0x2000"
         );
     }
 }

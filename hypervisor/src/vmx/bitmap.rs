@@ -44,6 +44,19 @@ impl MsrBitmap {
         }
     }
 
+    /// Makes every WRMSR the bitmap covers exit (those outside it always do).
+    pub fn trap_all_writes(&mut self) {
+        self.0[BITMAP_BYTES / 2..].fill(0xff);
+    }
+
+    /// Lets WRMSR of `msr` run in the guest (no effect for MSRs outside the bitmap).
+    pub fn pass_write(&mut self, msr: Msr) {
+        if let Some(b) = Self::bit(msr) {
+            let b = b + 2048 * 8;
+            self.0[b / 8] &= !(1 << (b % 8));
+        }
+    }
+
     pub fn traps_read(&self, msr: Msr) -> bool {
         Self::bit(msr).is_none_or(|b| self.0[b / 8] & (1 << (b % 8)) != 0)
     }

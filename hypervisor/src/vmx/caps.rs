@@ -218,7 +218,10 @@ pub mod wanted {
     pub const PIN_REQUIRED: PinCtls = PinCtls::EXTERNAL_INTERRUPT_EXITING
         .union(PinCtls::NMI_EXITING)
         .union(PinCtls::PREEMPTION_TIMER);
-    pub const PIN_OPTIONAL: PinCtls = PinCtls::VIRTUAL_NMIS;
+    /// No virtual NMIs: the hypervisor never injects an NMI into a guest (host NMIs exit and
+    /// are reflected to the host), so there is no virtual-NMI blocking to track (SDM
+    /// 25.6.1, 26.7.1: "virtual NMIs" only matters for injected NMIs and NMI-window exits).
+    pub const PIN_OPTIONAL: PinCtls = PinCtls::empty();
     pub const PROC_REQUIRED: ProcCtls = ProcCtls::HLT_EXITING
         .union(ProcCtls::USE_IO_BITMAPS)
         .union(ProcCtls::USE_MSR_BITMAPS)
@@ -228,10 +231,10 @@ pub mod wanted {
         .union(Proc2Ctls::ENABLE_VPID)
         .union(Proc2Ctls::UNRESTRICTED_GUEST);
     /// Instructions a Linux guest uses when CPUID offers them; without these controls they
-    /// would raise #UD in the guest.
-    pub const PROC2_OPTIONAL: Proc2Ctls = Proc2Ctls::ENABLE_RDTSCP
-        .union(Proc2Ctls::ENABLE_INVPCID)
-        .union(Proc2Ctls::ENABLE_XSAVES);
+    /// would raise #UD in the guest. Not "enable XSAVES/XRSTORS": guest CPUID hides XSAVE
+    /// (leaf 1 ECX.XSAVE and leaf 0xd), and with the control 0 XSAVES/XRSTORS raise #UD
+    /// (SDM 25.6.2, table 25-7), which is what a CPU without XSAVE does.
+    pub const PROC2_OPTIONAL: Proc2Ctls = Proc2Ctls::ENABLE_RDTSCP.union(Proc2Ctls::ENABLE_INVPCID);
     pub const EXIT_REQUIRED: ExitCtls = ExitCtls::HOST_ADDRESS_SPACE_SIZE
         .union(ExitCtls::ACK_INTERRUPT_ON_EXIT)
         .union(ExitCtls::SAVE_EFER)
@@ -409,6 +412,14 @@ impl VmxCaps {
         )
     }
 
+    /// The CR4 bits a guest may set: those VMX operation allows to be 1 (IA32_VMX_CR4_FIXED1,
+    /// which only has bits this CPU supports, SDM A.8), less those of features guest CPUID
+    /// hides: VMX (VMXE), SMX (SMXE: GETSEC raises #UD) and XSAVE (OSXSAVE).
+    pub fn guest_cr4_allowed(&self) -> u64 {
+        use super::cr4;
+        self.cr4_fixed1 & !(cr4::VMXE | cr4::SMXE | cr4::OSXSAVE)
+    }
+
     /// As [`Self::guest_cr0`] for CR4 (VMXE is always forced on and hidden).
     pub fn guest_cr4(&self, wanted: u64) -> (u64, u64) {
         (
@@ -525,20 +536,30 @@ mod tests {
         assert_eq!(caps.revision_id(), 4);
         assert_eq!(caps.preemption_timer_rate(), 7);
         let c = caps.controls().unwrap();
-        // Pin: ext-int, NMI, virtual NMIs, preemption timer, plus forced bits 1,2,4.
-        assert_eq!(c.pin, 0x7f);
+        // Pin: ext-int, NMI, preemption timer, plus forced bits 1,2,4; no virtual NMIs.
+        assert_eq!(c.pin, 0x5f);
+        assert_eq!(c.pin & PinCtls::VIRTUAL_NMIS.bits(), 0);
         // TRUE procbased lets CR3-load/store exiting (bits 15,16) be 0: 0x04006172 forced.
         assert_eq!(
             c.proc,
             0x0400_6172 | 0x80 | 0x0200_0000 | 0x1000_0000 | 0x8000_0000 | 0x400 | 0x2000_0000
         );
         assert_eq!(c.proc & (1 << 15 | 1 << 16), 0);
-        assert_eq!(c.proc2, 0x2 | 0x20 | 0x80 | 0x8 | 0x1000 | 0x10_0000);
+        // XSAVES is offered but left off: guest CPUID hides XSAVE.
+        assert_eq!(c.proc2, 0x2 | 0x20 | 0x80 | 0x8 | 0x1000);
+        assert_eq!(c.proc2 & Proc2Ctls::ENABLE_XSAVES.bits(), 0);
         assert_eq!(
             c.exit,
             0x36dfb | 0x200 | 0x8000 | 0x10_0000 | 0x20_0000 | 0x4_0000 | 0x8_0000
         );
         assert_eq!(c.entry, 0x11fb | 0x8000 | 0x4000);
+    }
+
+    #[test]
+    fn guest_cr4_allowed_drops_hidden_features() {
+        let caps = VmxCaps::probe(&SKYLAKE_HOST).unwrap();
+        // CR4_FIXED1 0x3727ff less VMXE (bit 13) and OSXSAVE (bit 18); no SMXE there.
+        assert_eq!(caps.guest_cr4_allowed(), 0x3307ff);
     }
 
     #[test]
@@ -549,7 +570,7 @@ mod tests {
             (0x2b, 0)
         );
         let c = caps.controls().unwrap();
-        assert_eq!(c.pin, 0x7f);
+        assert_eq!(c.pin, 0x5f);
         // Haswell model: no MTF (bit 27) but MWAIT/MONITOR exiting are offered.
         assert_eq!(
             c.proc,

@@ -2,8 +2,15 @@
 //! guest general-purpose registers.
 
 use core::arch::naked_asm;
+use core::fmt;
 
-use super::vmcs::VmFail;
+use super::instr::CurrentVmcs;
+use super::root::{VmcsRegion, VmxRoot};
+use super::vmcs::{HostNW, ReadOnly32, VmFail, Vmcs};
+use crate::arch::cpu;
+
+/// The VMCS encoding of HOST_RSP, which `vmx_enter` writes with VMWRITE.
+const HOST_RSP: u32 = HostNW::Rsp as u32;
 
 /// Guest general-purpose registers, indexed by the hardware register number (0 = RAX ...
 /// 15 = R15; the RSP slot is unused: guest RSP lives in the VMCS).
@@ -25,22 +32,77 @@ pub mod reg {
 
 const _: () = assert!(core::mem::size_of::<GuestRegs>() == 128);
 
-/// Enters the guest whose VMCS is current, VMLAUNCH if `launched` is false else VMRESUME.
-/// Returns when the guest exits (`Ok`), or if the entry itself failed (`Err`).
-///
-/// # Safety
-/// In VMX root operation with a current VMCS whose host-state area is valid, whose
-/// HOST_RIP is [`vmexit_landing`] and whose host CR3/GDT/IDT/TR are this CPU's.
-pub unsafe fn enter_guest(regs: &mut GuestRegs, launched: bool) -> Result<(), VmFail> {
-    // SAFETY: guaranteed by the caller; vmx_enter restores every callee-saved register.
-    let status = unsafe { vmx_enter(regs, launched as u64) };
-    match status {
-        0 => Ok(()),
-        1 => Err(VmFail::Invalid),
-        _ => Err(VmFail::Valid(super::vmcs::Vmcs::read(
-            &super::instr::CurrentVmcs,
-            super::vmcs::ReadOnly32::VmInstructionError,
-        ) as u32)),
+/// Why [`VmxRoot::enter`] did not enter the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnterError {
+    /// The VMCS passed is not the current one (load it with [`VmxRoot::load`] first).
+    NotCurrent { vmcs: u64 },
+    /// A host-state field does not describe this CPU, so the exit would not land safely.
+    HostState(&'static str),
+    /// VMLAUNCH/VMRESUME itself failed.
+    Fail(VmFail),
+}
+
+impl fmt::Display for EnterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnterError::NotCurrent { vmcs } => write!(f, "VMCS {vmcs:#x} is not current"),
+            EnterError::HostState(what) => write!(f, "host state: {what}"),
+            EnterError::Fail(fail) => write!(f, "{fail}"),
+        }
+    }
+}
+
+impl VmxRoot {
+    /// Enters the guest of `vmcs` (VMLAUNCH if `launched` is false, else VMRESUME) with the
+    /// general-purpose registers `regs`, and returns when the guest exits (`Ok`, `regs`
+    /// then hold the guest's values) or if the entry failed.
+    ///
+    /// Safe by construction: `self` proves VMX root operation; `vmcs` must be the region
+    /// this CPU made current through [`VmxRoot::load`]; and the host-state fields the exit
+    /// depends on (HOST_RIP = [`vmexit_landing`], HOST_CR3, HOST_GDTR/IDTR bases) are
+    /// checked against this CPU before entering. HOST_RSP is written by the entry itself.
+    pub fn enter(
+        &mut self,
+        vmcs: &VmcsRegion,
+        regs: &mut GuestRegs,
+        launched: bool,
+    ) -> Result<(), EnterError> {
+        if self.current_vmcs() != Some(vmcs.pa()) {
+            return Err(EnterError::NotCurrent { vmcs: vmcs.pa() });
+        }
+        let current = CurrentVmcs;
+        if current.read(HostNW::Rip) != vmexit_landing as *const () as u64 {
+            return Err(EnterError::HostState(
+                "HOST_RIP is not the VM-exit landing point",
+            ));
+        }
+        if current.read(HostNW::Cr3) != cpu::read_cr3() {
+            return Err(EnterError::HostState("HOST_CR3 is not this CPU's CR3"));
+        }
+        if current.read(HostNW::GdtrBase) != cpu::read_gdtr().0 {
+            return Err(EnterError::HostState(
+                "HOST_GDTR_BASE is not this CPU's GDT",
+            ));
+        }
+        if current.read(HostNW::IdtrBase) != cpu::read_idtr().0 {
+            return Err(EnterError::HostState(
+                "HOST_IDTR_BASE is not this CPU's IDT",
+            ));
+        }
+        // SAFETY: VMX root operation (`self`); `vmcs` is current (checked against what
+        // `load` made current); HOST_RIP is vmexit_landing and the host CR3/GDT/IDT are
+        // this CPU's (checked above), so the exit resumes here with the hypervisor's
+        // address space and handlers; vmx_enter saves and restores every callee-saved
+        // register and writes HOST_RSP itself.
+        let status = unsafe { vmx_enter(regs, launched as u64) };
+        match status {
+            0 => Ok(()),
+            1 => Err(EnterError::Fail(VmFail::Invalid)),
+            _ => Err(EnterError::Fail(VmFail::Valid(
+                current.read(ReadOnly32::VmInstructionError) as u32,
+            ))),
+        }
     }
 }
 
@@ -58,7 +120,7 @@ unsafe extern "C" fn vmx_enter(regs: *mut GuestRegs, resume: u64) -> u64 {
         "push r14",
         "push r15",
         "push rdi",
-        "mov rax, 0x6c14", // HOST_RSP
+        "mov rax, {host_rsp}",
         "vmwrite rax, rsp",
         "jc 5f",
         "jz 6f",
@@ -101,6 +163,7 @@ unsafe extern "C" fn vmx_enter(regs: *mut GuestRegs, resume: u64) -> u64 {
         "pop rbx",
         "pop rbp",
         "ret",
+        host_rsp = const HOST_RSP,
     );
 }
 
@@ -109,7 +172,7 @@ unsafe extern "C" fn vmx_enter(regs: *mut GuestRegs, resume: u64) -> u64 {
 ///
 /// # Safety
 /// Never called: only its address is used, as the VMCS HOST_RIP of a VMCS entered through
-/// [`enter_guest`].
+/// [`VmxRoot::enter`].
 #[unsafe(naked)]
 pub unsafe extern "C" fn vmexit_landing() -> ! {
     naked_asm!(

@@ -1,6 +1,9 @@
 //! Extended page tables (SDM 29.3): a 4-level builder that maps guest-physical pages to
-//! host frames with write-back memory type, refusing any frame of the hypervisor itself
-//! (its image, heap and stacks, and every EPT paging structure).
+//! host frames with write-back memory type, refusing every EPT paging structure and the
+//! host ranges the caller lists as reserved (the run loop lists the hypervisor's image,
+//! which holds the boot and IST stacks, and its heap). Other hypervisor frames (AP
+//! stacks, VMCS and bitmap frames) are kept out by the frame allocator, which hands each
+//! frame out once, not by this check.
 
 extern crate alloc;
 
@@ -27,6 +30,10 @@ pub enum MemoryType {
     Uncacheable = 0,
     WriteBack = 6,
 }
+
+/// EPTP bits 5:3 hold the page-walk length minus 1 (SDM 25.6.11); 3 = the 4-level walk
+/// of SDM 29.3.2 (PML4, PDPT, PD, PT).
+pub const EPTP_WALK_LENGTH_4: u64 = (4 - 1) << 3;
 
 /// Leaf entry memory-type field (bits 5:3).
 const MEMORY_TYPE_SHIFT: u32 = 3;
@@ -109,7 +116,7 @@ impl Ept {
 
     /// The EPT pointer (SDM 25.6.11): WB paging-structure memory type, 4-level walk.
     pub fn eptp(&self) -> u64 {
-        self.pml4 | (3 << 3) | MemoryType::WriteBack as u64
+        self.pml4 | EPTP_WALK_LENGTH_4 | MemoryType::WriteBack as u64
     }
 
     pub fn mapped_pages(&self) -> u64 {

@@ -253,6 +253,25 @@ impl InterruptionInfo {
     pub const fn vector(self) -> u8 {
         self.0 as u8
     }
+    /// The bits a VM-entry interruption-information field may carry: vector, type,
+    /// deliver-error-code and valid. Bit 12 of the IDT-vectoring field is undefined and bits
+    /// 30:12 of the entry field are reserved (SDM 25.8.3, 28.2.4).
+    pub const ENTRY_BITS: u32 = Self::VALID | Self::ERROR_CODE_VALID | 0x7ff;
+
+    /// Whether the error-code bit is set.
+    pub const fn has_error_code(self) -> bool {
+        self.0 & Self::ERROR_CODE_VALID != 0
+    }
+    /// Whether VM entry needs the instruction length for this event (software interrupt,
+    /// privileged software exception, software exception: SDM 26.6.1.1).
+    pub const fn is_software(self) -> bool {
+        matches!(
+            self.kind(),
+            InterruptionType::SoftwareInterrupt
+                | InterruptionType::PrivilegedSoftwareException
+                | InterruptionType::SoftwareException
+        )
+    }
     pub const fn kind(self) -> InterruptionType {
         match (self.0 >> 8) & 7 {
             0 => InterruptionType::External,

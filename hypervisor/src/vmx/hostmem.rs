@@ -10,7 +10,8 @@ use super::ept::TableMemory;
 /// `pa` must be an identity-mapped frame owned by the caller and not otherwise borrowed
 /// for the lifetime of the result.
 pub unsafe fn frame_bytes<'a>(pa: u64) -> &'a mut [u8; 4096] {
-    // SAFETY: guaranteed by the caller (identity map: virtual == physical).
+    // SAFETY: the caller owns the identity-mapped frame `pa` (virtual == physical) and
+    // lends it to no one else for 'a.
     unsafe { &mut *(pa as *mut [u8; 4096]) }
 }
 
@@ -20,7 +21,8 @@ pub unsafe fn frame_bytes<'a>(pa: u64) -> &'a mut [u8; 4096] {
 /// `[pa, pa + len)` must be identity-mapped memory owned by the caller, not otherwise
 /// borrowed for the lifetime of the result.
 pub unsafe fn phys_bytes<'a>(pa: u64, len: usize) -> &'a mut [u8] {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller owns the identity-mapped range `[pa, pa + len)` and lends it to
+    // no one else for 'a.
     unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, len) }
 }
 

@@ -4,8 +4,7 @@
 //! exist whenever the check in front of it passed.
 
 use super::caps::CapabilitySource;
-use super::instr;
-use super::msr::Msr;
+use crate::arch::cpu::{self, Msr};
 use crate::vmm::msrs::{self, MsrAction};
 use crate::vmm::pmu::PmuHw;
 
@@ -14,7 +13,7 @@ pub struct CpuCaps;
 
 impl CapabilitySource for CpuCaps {
     fn cpuid1_ecx(&self) -> u32 {
-        instr::cpuid(1, 0)[2]
+        cpu::cpuid(1, 0).ecx
     }
     fn read_msr(&self, msr: Msr) -> u64 {
         if !is_vmx_capability(msr) {
@@ -23,7 +22,7 @@ impl CapabilitySource for CpuCaps {
         // SAFETY: IA32_FEATURE_CONTROL or a VMX capability MSR. VmxCaps::probe reads them
         // only after CPUID reported VMX, the TRUE_* ones only when IA32_VMX_BASIC bit 55
         // says they exist, PROCBASED_CTLS2/EPT_VPID_CAP/VMFUNC only when allowed.
-        unsafe { instr::rdmsr(msr) }
+        unsafe { cpu::rdmsr(msr) }
     }
 }
 
@@ -40,7 +39,7 @@ pub fn read_host_msr_for_guest(msr: Msr) -> u64 {
     }
     // SAFETY: the ReadHost MSRs exist on every CPU with VMX and reading them has no side
     // effect.
-    unsafe { instr::rdmsr(msr) }
+    unsafe { cpu::rdmsr(msr) }
 }
 
 /// The host's FS base, GS base, EFER and PAT, for the VMCS host-state area.
@@ -49,10 +48,10 @@ pub fn host_msrs() -> (u64, u64, u64, u64) {
     // PAT feature are prerequisites); reading them has no side effect.
     unsafe {
         (
-            instr::rdmsr(Msr::IA32_FS_BASE),
-            instr::rdmsr(Msr::IA32_GS_BASE),
-            instr::rdmsr(Msr::IA32_EFER),
-            instr::rdmsr(Msr::IA32_PAT),
+            cpu::rdmsr(Msr::IA32_FS_BASE),
+            cpu::rdmsr(Msr::IA32_GS_BASE),
+            cpu::rdmsr(Msr::IA32_EFER),
+            cpu::rdmsr(Msr::IA32_PAT),
         )
     }
 }
@@ -73,12 +72,12 @@ fn is_perfmon(msr: Msr) -> bool {
 }
 
 fn has_arch_perfmon() -> bool {
-    instr::cpuid(0, 0)[0] >= 0xa && instr::cpuid(0xa, 0)[0] & 0xff > 0
+    cpu::cpuid(0, 0).eax >= 0xa && cpu::cpuid(0xa, 0).eax & 0xff > 0
 }
 
 impl PmuHw for HwPmu {
     fn cpuid_0a_eax(&self) -> u32 {
-        instr::cpuid(0xa, 0)[0]
+        cpu::cpuid(0xa, 0).eax
     }
     fn read_msr(&mut self, msr: Msr) -> u64 {
         if !is_perfmon(msr) || !has_arch_perfmon() {
@@ -86,7 +85,7 @@ impl PmuHw for HwPmu {
         }
         // SAFETY: an architectural perfmon MSR on a CPU that reports architectural
         // perfmon; reading a counter has no side effect.
-        unsafe { instr::rdmsr(msr) }
+        unsafe { cpu::rdmsr(msr) }
     }
     fn write_msr(&mut self, msr: Msr, value: u64) {
         if !is_perfmon(msr) || !has_arch_perfmon() {
@@ -94,7 +93,7 @@ impl PmuHw for HwPmu {
         }
         // SAFETY: as above; the counters are the hypervisor's (guests never reach the PMU
         // MSRs: the MSR bitmap traps them), so programming them affects only the sampler.
-        unsafe { instr::wrmsr(msr, value) }
+        unsafe { cpu::wrmsr(msr, value) }
     }
     fn busy_work(&mut self) {
         let mut x = 0u64;

@@ -22,23 +22,8 @@ pub mod preemption;
 pub mod root;
 pub mod vmcs;
 
-/// CR0 bits.
-pub mod cr0 {
-    pub const PE: u64 = 1 << 0;
-    pub const MP: u64 = 1 << 1;
-    pub const ET: u64 = 1 << 4;
-    pub const NE: u64 = 1 << 5;
-    pub const WP: u64 = 1 << 16;
-    pub const NW: u64 = 1 << 29;
-    pub const CD: u64 = 1 << 30;
-    pub const PG: u64 = 1 << 31;
-}
-
-/// CR4 bits.
-pub mod cr4 {
-    pub const PAE: u64 = 1 << 5;
-    pub const VMXE: u64 = 1 << 13;
-}
+/// CR0, CR4 and RFLAGS bits: one definition, in the arch layer.
+pub use crate::arch::cpu::{cr0, cr4, dr7, rflags};
 
 /// Guest interruptibility-state bits (SDM 25.4.2, table 25-3).
 pub mod interruptibility {
@@ -46,10 +31,4 @@ pub mod interruptibility {
     pub const BLOCKING_BY_MOV_SS: u64 = 1 << 1;
     /// The one-instruction shadows that expire once the next instruction completes.
     pub const SHADOWS: u64 = BLOCKING_BY_STI | BLOCKING_BY_MOV_SS;
-}
-
-/// RFLAGS bits.
-pub mod rflags {
-    pub const FIXED: u64 = 1 << 1;
-    pub const IF: u64 = 1 << 9;
 }

@@ -28,7 +28,11 @@ impl Msr {
     pub const IA32_MISC_ENABLE: Msr = Msr(0x1a0);
     pub const IA32_DEBUGCTL: Msr = Msr(0x1d9);
     pub const IA32_MTRR_PHYSBASE0: Msr = Msr(0x200);
+    /// The last MSR of the variable-range MTRR block (room for 16 base/mask pairs).
+    pub const IA32_MTRR_VARIABLE_LAST: Msr = Msr(0x21f);
     pub const IA32_MTRR_FIX64K_00000: Msr = Msr(0x250);
+    /// The last fixed-range MTRR.
+    pub const IA32_MTRR_FIX4K_F8000: Msr = Msr(0x26f);
     pub const IA32_PAT: Msr = Msr(0x277);
     pub const IA32_MTRR_DEF_TYPE: Msr = Msr(0x2ff);
     pub const IA32_FIXED_CTR0: Msr = Msr(0x309);

@@ -3,15 +3,16 @@
 //! VMCLEAR, VMPTRLD and INVEPT run in VMX root operation, and [`VmcsRegion`] can only be
 //! made by it (an allocated, revision-stamped, cleared VMCS), so those become safe calls.
 
+use core::cell::Cell;
 use core::fmt;
 
 use super::caps::{FeatureControlAction, VmxCaps, VmxUnavailable, ept_vpid_cap};
 use super::hostmem::HostFrames;
 use super::hw::CpuCaps;
 use super::instr::{self, InveptType};
-use super::msr::Msr;
 use super::vmcs::VmFail;
 use super::{cr4, ept::PAGE_SIZE};
+use crate::arch::cpu::{self, Msr};
 
 /// Why VMX could not be turned on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +52,8 @@ impl fmt::Display for VmcsError {
 pub struct VmxRoot {
     caps: VmxCaps,
     _vmxon_region: HostFrames,
+    /// The VMCS this CPU made current through [`VmxRoot::load`].
+    current: Cell<Option<u64>>,
 }
 
 /// A VMCS region: a frame holding the revision identifier, VMCLEARed once.
@@ -79,13 +82,13 @@ impl VmxRoot {
         if let FeatureControlAction::WriteAndLock(v) = caps.feature_control {
             // SAFETY: IA32_FEATURE_CONTROL exists (CPUID reported VMX) and is unlocked
             // (else the probe would not ask to write it); the value only enables VMX.
-            unsafe { instr::wrmsr(Msr::IA32_FEATURE_CONTROL, v) };
+            unsafe { cpu::wrmsr(Msr::IA32_FEATURE_CONTROL, v) };
         }
         // SAFETY: the fixed bits only add what VMX operation requires (CR4.VMXE, CR0.NE
         // and PE/PG which long mode already has); the hypervisor keeps running unchanged.
         unsafe {
-            instr::write_cr4(caps.fix_cr4(instr::read_cr4() | cr4::VMXE));
-            instr::write_cr0(caps.fix_cr0(instr::read_cr0()));
+            cpu::write_cr4(caps.fix_cr4(cpu::read_cr4() | cr4::VMXE));
+            cpu::write_cr0(caps.fix_cr0(cpu::read_cr0()));
         }
         let region = stamped_region(&caps).ok_or(VmxOnError::NoFrame)?;
         // SAFETY: CR4.VMXE is set, CR0/CR4 satisfy the fixed bits, the region is a zeroed,
@@ -95,6 +98,7 @@ impl VmxRoot {
         Ok(VmxRoot {
             caps,
             _vmxon_region: region,
+            current: Cell::new(None),
         })
     }
 
@@ -105,7 +109,7 @@ impl VmxRoot {
         // instruction can follow through it.
         unsafe { instr::vmxoff() }?;
         // SAFETY: outside VMX operation CR4.VMXE may be cleared; nothing else changes.
-        unsafe { instr::write_cr4(instr::read_cr4() & !cr4::VMXE) };
+        unsafe { cpu::write_cr4(cpu::read_cr4() & !cr4::VMXE) };
         Ok(())
     }
 
@@ -126,7 +130,15 @@ impl VmxRoot {
     /// reach it).
     pub fn load(&self, vmcs: &VmcsRegion) -> Result<(), VmFail> {
         // SAFETY: in VMX root operation; `vmcs` was made by new_vmcs (stamped, cleared).
-        unsafe { instr::vmptrld(vmcs.pa()) }
+        let r = unsafe { instr::vmptrld(vmcs.pa()) };
+        self.current
+            .set(if r.is_ok() { Some(vmcs.pa()) } else { None });
+        r
+    }
+
+    /// The VMCS made current by [`VmxRoot::load`], if any.
+    pub fn current_vmcs(&self) -> Option<u64> {
+        self.current.get()
     }
 
     /// Invalidates cached EPT translations of every context, when the CPU supports the

@@ -56,6 +56,7 @@ fields!(
 /// 64-bit guest-state fields (B.2.3).
 Guest64, writable = true {
     VmcsLinkPointer = 0x2800, Ia32Debugctl = 0x2802, Ia32Pat = 0x2804, Ia32Efer = 0x2806,
+    Pdpte0 = 0x280a, Pdpte1 = 0x280c, Pdpte2 = 0x280e, Pdpte3 = 0x2810,
 });
 fields!(
     /// 64-bit host-state fields (B.2.4).
@@ -213,13 +214,15 @@ pub mod access_rights {
     pub const UNUSABLE: u64 = 1 << 16;
     pub const DPL_SHIFT: u32 = 5;
     pub const DPL_MASK: u64 = 0x3;
+    /// The L bit: a 64-bit code segment (CS only).
+    pub const LONG_MODE: u64 = 1 << 13;
     /// Present, DPL 0, code, execute/read, accessed, 32-bit, 4 KiB granularity.
     pub const CODE32: u64 = 0xc09b;
     /// Present, DPL 0, data, read/write, accessed, 32-bit, 4 KiB granularity.
     pub const DATA32: u64 = 0xc093;
     /// Present, 32-bit busy TSS.
     pub const TSS32_BUSY: u64 = 0x8b;
-    /// Present, 64-bit busy TSS (host TR must be one, SDM 27.2.3).
+    /// Present LDT (system descriptor type 2).
     pub const LDT: u64 = 0x82;
 
     /// The descriptor privilege level in access rights (the guest CPL when read from SS).
