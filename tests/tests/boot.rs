@@ -7,7 +7,14 @@ use xtask::machine::{Accel, Bochs, Exit, Machine, Qemu, RunOptions};
 /// which isa-debug-exit turns into QEMU's exit status (3 << 1) | 1 = 7.
 #[test]
 fn tcg_no_vtx() {
-    expect_no_vtx(Qemu::new(Accel::Tcg), "tcg_no_vtx");
+    expect_no_vtx(Qemu::new(Accel::Tcg), "tcg_no_vtx", 1);
+}
+
+/// With two CPUs the error must still come out once, cleanly: the APs are started only
+/// after VMX is on for the boot CPU.
+#[test]
+fn tcg_smp_no_vtx() {
+    expect_no_vtx(Qemu::new(Accel::Tcg), "tcg_smp_no_vtx", 2);
 }
 
 /// The same through UEFI firmware (OVMF): the ISO's EFI boot path and GRUB's
@@ -20,24 +27,31 @@ fn tcg_uefi_no_vtx() {
             uefi: true,
         },
         "tcg_uefi_no_vtx",
+        1,
     );
 }
 
-fn expect_no_vtx(qemu: Qemu, label: &str) {
+fn expect_no_vtx(qemu: Qemu, label: &str, cpus: u32) {
     let opts = RunOptions {
         label: label.into(),
+        cpus,
         timeout: timeout("HV_E2E_QEMU_TIMEOUT", 60),
         ..RunOptions::default()
     };
     let run = qemu.boot(&iso(), &opts).expect("QEMU could not be started");
     let fatal = run.find_line("hv: fatal: VMX unavailable:");
+    let fatal_lines = run
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("hv: fatal:"))
+        .count();
     let explained = fatal
         .as_deref()
         .is_some_and(|l| !l["hv: fatal: VMX unavailable:".len()..].trim().is_empty());
     assert!(
-        explained && run.exit == Exit::Code(7),
+        explained && fatal_lines == 1 && run.exit == Exit::Code(7),
         "expected a line `hv: fatal: VMX unavailable: <what is missing>` and QEMU exit \
-         status 7 (debug-exit value 3); got line {fatal:?}, {}\n{}",
+         status 7 (debug-exit value 3), once; got line {fatal:?} ({fatal_lines} fatal lines), {}\n{}",
         run.exit,
         run.describe()
     );
