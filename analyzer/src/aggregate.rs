@@ -178,10 +178,18 @@ impl VcpuCounts {
         self.pending_on.retain(|_, c| *c > 0);
     }
 
+    /// Settles the pending blank slots (cheap when there are none: it runs
+    /// once per own sample).
+    #[inline(always)]
     fn resolve(&mut self, idle: bool) {
         if self.pending_outside == 0 && self.pending_on.is_empty() {
             return;
         }
+        self.resolve_pending(idle);
+    }
+
+    #[inline(never)]
+    fn resolve_pending(&mut self, idle: bool) {
         let on: u64 = self.pending_on.values().sum();
         if idle {
             self.idle += self.pending_outside + on;
@@ -342,7 +350,13 @@ impl Aggregator {
         let period = self.period;
         let t = &mut self.vcpus[v];
         if let Some(last) = t.last_own {
-            let slots = s.tsc.saturating_sub(last).saturating_add(period / 2) / period;
+            let d = s.tsc.saturating_sub(last);
+            // Mostly one period apart: skip the division then.
+            let slots = if d == period {
+                1
+            } else {
+                d.saturating_add(period / 2) / period
+            };
             let expected = slots.saturating_sub(1);
             if t.blanks > expected {
                 // The vCPU moved to another pCPU: the old pCPU's sample of

@@ -112,6 +112,9 @@ pub fn read_log(path: &Path, sink: &mut dyn Sink) -> Result<LogInfo, Fatal> {
                     sink: &mut *sink,
                 };
                 merge.push_samples(pcpu, samples, &mut out);
+                while let Some(v) = merge.spent() {
+                    dec.recycle(v);
+                }
             }
             Ok(Item::Sched { pcpu, event }) => {
                 let mut out = ToSink {

@@ -103,6 +103,8 @@ pub struct Merger {
     /// Highest TSC handed on.
     last: u64,
     staged: Vec<Tagged>,
+    /// Batches fully handed on, for [`Merger::spent`].
+    spent: Vec<Vec<Sample>>,
     stats: MergeStats,
 }
 
@@ -124,6 +126,7 @@ impl Merger {
             over: 0,
             last: 0,
             staged: Vec::with_capacity(STAGE + vmlog::MAX_BATCH_SAMPLES),
+            spent: Vec::new(),
             stats: MergeStats {
                 lookahead: cap,
                 ..Default::default()
@@ -175,6 +178,12 @@ impl Merger {
         s.queue.push_back(Entry::Samples(samples));
         self.heads[i] = s.head();
         self.pump(false, out);
+    }
+
+    /// A batch whose samples have all been handed on (its buffer can be
+    /// reused, e.g. with `vmlog::Decoder::recycle`).
+    pub fn spent(&mut self) -> Option<Vec<Sample>> {
+        self.spent.pop()
     }
 
     /// Adds a scheduling event of pCPU `pcpu` and hands on what is ready.
@@ -247,6 +256,7 @@ impl Merger {
             over,
             last,
             staged,
+            spent,
             stats,
             ..
         } = self;
@@ -317,7 +327,9 @@ impl Merger {
             s.pos = p;
             if done {
                 s.pos = 0;
-                s.queue.pop_front();
+                if let Some(Entry::Samples(v)) = s.queue.pop_front() {
+                    spent.push(v);
+                }
             }
             if was_over && s.buffered <= *cap {
                 *over -= 1;
@@ -345,6 +357,7 @@ impl Merger {
             over,
             last,
             staged,
+            spent,
             stats,
             ..
         } = self;
@@ -388,7 +401,9 @@ impl Merger {
                         break;
                     }
                     s.pos = 0;
-                    s.queue.pop_front();
+                    if let Some(Entry::Samples(v)) = s.queue.pop_front() {
+                        spent.push(v);
+                    }
                     if staged.len() >= STAGE {
                         out.samples(staged);
                         staged.clear();

@@ -176,6 +176,8 @@ pub struct Decoder<R> {
     chunk: Vec<u8>,
     stats: Stats,
     done: bool,
+    /// Sample buffers handed back with [`Decoder::recycle`].
+    spare: Vec<Vec<Sample>>,
 }
 
 impl<'a> Decoder<&'a [u8]> {
@@ -193,6 +195,17 @@ impl<R: BufRead> Decoder<R> {
             chunk: Vec::with_capacity(MAX_FRAME_LEN),
             stats: Stats::default(),
             done: false,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Hands back the buffer of a decoded [`Item::Samples`] once its samples
+    /// are used: a later batch is decoded into it instead of a new one.
+    pub fn recycle(&mut self, mut samples: Vec<Sample>) {
+        const KEEP: usize = 64;
+        if self.spare.len() < KEEP && samples.capacity() > 0 {
+            samples.clear();
+            self.spare.push(samples);
         }
     }
 
@@ -217,7 +230,7 @@ impl<R: BufRead> Decoder<R> {
                 return Ok(any);
             }
             any = true;
-            let (take, found) = match buf.iter().position(|&b| b == 0) {
+            let (take, found) = match find_zero(buf) {
                 Some(i) => (i, true),
                 None => (buf.len(), false),
             };
@@ -294,11 +307,12 @@ impl<R: BufRead> Decoder<R> {
         let (stream, seq) = (frame.stream, frame.seq);
         let item = match frame.body {
             Body::Samples(iter) => {
-                let samples: Result<Vec<Sample>, FrameError> = iter.collect();
-                let Ok(samples) = samples else {
+                let mut samples = self.spare.pop().unwrap_or_default();
+                if iter.decode_into(&mut samples).is_err() {
                     self.stats.corrupt_frames += 1;
+                    self.spare.push(samples);
                     return Ok(None);
-                };
+                }
                 if stream == GLOBAL_STREAM {
                     self.stats.corrupt_frames += 1;
                     return Ok(None);
@@ -347,6 +361,8 @@ impl<R: BufRead> Decoder<R> {
         Ok(Some(item))
     }
 }
+
+use crate::wire::find_zero;
 
 impl<R: BufRead> Iterator for Decoder<R> {
     type Item = Result<Item, LogError>;
@@ -465,4 +481,67 @@ pub fn push_raw_frame(out: &mut Vec<u8>, raw: &[u8]) {
     let n = cobs::encode(&data, &mut stuffed);
     out.extend_from_slice(&stuffed[..n]);
     out.push(0);
+}
+
+#[cfg(test)]
+mod find_zero_tests {
+    use super::find_zero;
+
+    #[test]
+    fn finds_the_first_zero_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut v = vec![0x80u8; len];
+                v[at] = 0;
+                if at + 3 < len {
+                    v[at + 3] = 0;
+                }
+                assert_eq!(find_zero(&v), Some(at), "len {len} at {at}");
+            }
+            assert_eq!(find_zero(&vec![1u8; len]), None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod cobs_tests {
+    use crate::wire::cobs_decode_in_place;
+
+    /// Same answers as the `cobs` crate on random and edge-case input.
+    #[test]
+    fn in_place_decode_matches_the_cobs_crate() {
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut checked = 0;
+        for round in 0..20_000 {
+            let len = (next() % 600) as usize;
+            let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 2 == 0 {
+                // Well-formed frames too, not only noise.
+                let mut enc = vec![0u8; cobs::max_encoding_length(len)];
+                let n = cobs::encode(&v, &mut enc);
+                enc.truncate(n);
+                v = enc;
+            }
+            if round % 7 == 0 && !v.is_empty() {
+                let k = (next() as usize) % v.len();
+                v[k] = 0xff;
+            }
+            let mut a = v.clone();
+            let mut b = v.clone();
+            let want = cobs::decode_in_place(&mut a).ok();
+            let got = cobs_decode_in_place(&mut b);
+            assert_eq!(got, want, "input {v:?}");
+            if let Some(n) = got {
+                assert_eq!(a[..n], b[..n]);
+                checked += 1;
+            }
+        }
+        assert!(checked > 10_000);
+    }
 }

@@ -175,13 +175,27 @@ struct In<'a> {
 }
 
 impl<'a> In<'a> {
+    #[inline(always)]
     fn byte(&mut self) -> Result<u8, FrameError> {
         let b = *self.buf.get(self.pos).ok_or(FrameError::Malformed)?;
         self.pos += 1;
         Ok(b)
     }
 
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, FrameError> {
+        // Most varints in a batch (small deltas) are one byte.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b & 0x80 == 0
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.varint_long()
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64, FrameError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -197,6 +211,7 @@ impl<'a> In<'a> {
         Err(FrameError::Malformed)
     }
 
+    #[inline(always)]
     fn zigzag(&mut self) -> Result<i64, FrameError> {
         let v = self.varint()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
@@ -492,6 +507,7 @@ impl Clone for In<'_> {
 }
 
 impl SampleIter<'_> {
+    #[inline(always)]
     fn decode_one(&mut self) -> Result<Sample, FrameError> {
         let tag = self.input.byte()?;
         if tag & TAG_RESERVED != 0 {
@@ -530,6 +546,25 @@ impl SampleIter<'_> {
         })
     }
 
+    /// Decodes the rest of the batch, appending to `out` (cleared first), as
+    /// collecting the iterator would but without a `Result` per sample. On
+    /// an error `out` holds the samples before it.
+    #[cfg(any(test, feature = "std"))]
+    pub fn decode_into(mut self, out: &mut std::vec::Vec<Sample>) -> Result<(), FrameError> {
+        out.clear();
+        if self.failed {
+            return Ok(());
+        }
+        // A sample takes at least one byte (its tag).
+        let left = self.input.buf.len().saturating_sub(self.input.pos);
+        out.reserve(left.min(MAX_BATCH_SAMPLES));
+        while !self.input.at_end() {
+            let s = self.decode_one()?;
+            out.push(s);
+        }
+        Ok(())
+    }
+
     /// Checks that the whole batch decodes; returns the number of samples.
     pub fn validate(&self) -> Result<usize, FrameError> {
         let mut it = self.clone();
@@ -555,11 +590,55 @@ impl Iterator for SampleIter<'_> {
     }
 }
 
+/// Index of the first zero byte of `buf` (a word at a time).
+#[doc(hidden)]
+pub fn find_zero(buf: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(w) = buf.get(i..i + 8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b);
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            break;
+        }
+        i += 8;
+    }
+    buf[i..].iter().position(|&b| b == 0).map(|p| i + p)
+}
+
+/// COBS-decodes `buf` in place up to its first zero byte (if any); returns
+/// the decoded length. Accepts and rejects exactly what
+/// `cobs::decode_in_place` does, a block at a time instead of a byte.
+pub(crate) fn cobs_decode_in_place(buf: &mut [u8]) -> Option<usize> {
+    if buf.is_empty() {
+        return None;
+    }
+    let end = find_zero(buf).unwrap_or(buf.len());
+    let (mut r, mut w) = (0, 0);
+    while r < end {
+        // Not zero: `buf[..end]` holds none.
+        let code = usize::from(buf[r]);
+        if r + code > end {
+            return None;
+        }
+        buf.copy_within(r + 1..r + code, w);
+        r += code;
+        w += code - 1;
+        if code != 0xff && r < end {
+            buf[w] = 0;
+            w += 1;
+        }
+    }
+    Some(w)
+}
+
 /// Decodes one frame given its COBS-stuffed bytes without the delimiter.
 /// The buffer is un-stuffed in place. Checks framing, CRC and version; the
 /// body of a sample batch is decoded lazily (see [`SampleIter::validate`]).
 pub fn decode_frame(stuffed: &mut [u8]) -> Result<Frame<'_>, FrameError> {
-    let len = cobs::decode_in_place(stuffed).map_err(|_| FrameError::BadCobs)?;
+    let len = cobs_decode_in_place(stuffed).ok_or(FrameError::BadCobs)?;
     let raw = stuffed.get(..len).ok_or(FrameError::BadCobs)?;
     parse_raw(raw)
 }
