@@ -3,6 +3,9 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=qemu/common.sh
+source "$root/qemu/common.sh"
+name=run-kvm.sh
 iso="$root/build/hypervisor.iso"
 out="$root/build/kvm-run"
 mem=1024
@@ -33,19 +36,9 @@ Anything after '--' is passed to QEMU unchanged.
 USAGE
 }
 
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --iso) iso="$2"; shift 2 ;;
-        --out) out="$2"; shift 2 ;;
-        --mem) mem="$2"; shift 2 ;;
-        --cpus) cpus="$2"; shift 2 ;;
-        -h|--help) usage; exit 0 ;;
-        --) shift; extra=("$@"); break ;;
-        *) echo "run-kvm.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
-    esac
-done
+parse_args "$@"
 
-[[ -f "$iso" ]] || { echo "run-kvm.sh: $iso does not exist: run 'cargo xtask image'" >&2; exit 2; }
+require_iso
 [[ -w /dev/kvm ]] || { echo "run-kvm.sh: /dev/kvm is missing or not writable" >&2; exit 2; }
 if [[ ! -r /sys/module/kvm_intel/parameters/nested ]]; then
     echo "run-kvm.sh: the kvm_intel module is not loaded (needs an Intel CPU with VT-x; see --help)" >&2
@@ -57,22 +50,4 @@ if [[ "$nested" != "Y" && "$nested" != "1" ]]; then
     exit 2
 fi
 
-mkdir -p "$out"
-rm -f "$out/serial.txt" "$out/samples.vmlog"
-echo "run-kvm.sh: booting $iso; console -> $out/serial.txt, samples -> $out/samples.vmlog"
-status=0
-qemu-system-x86_64 \
-    -machine q35 -accel kvm -cpu host,+vmx,pmu=on \
-    -m "$mem" -smp "$cpus" \
-    -display none -monitor none -nic none \
-    -serial "file:$out/serial.txt" -serial "file:$out/samples.vmlog" \
-    -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-    -cdrom "$iso" -boot d -no-reboot \
-    "${extra[@]}" || status=$?
-cat "$out/serial.txt" 2>/dev/null || true
-if (( status & 1 )); then
-    echo "run-kvm.sh: hypervisor stop status $(( status >> 1 ))"
-    exit $(( status >> 1 ))
-fi
-echo "run-kvm.sh: QEMU exited with status $status (no debug-exit)"
-exit "$status"
+boot_and_exit -accel kvm -cpu host,+vmx,pmu=on

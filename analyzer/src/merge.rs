@@ -273,20 +273,13 @@ impl Merger {
             loop {
                 let i = usize::from(v[1][p[1]].tsc < v[0][p[0]].tsc);
                 let x = &v[i][p[i]];
-                if x.tsc < *last {
-                    stats.out_of_order += 1;
-                } else {
-                    *last = x.tsc;
-                }
+                hand_on(x.tsc, last, stats);
                 staged.push(Tagged {
                     pcpu: pcpu[i],
                     sample: *x,
                 });
                 p[i] += 1;
-                if staged.len() >= STAGE {
-                    out.samples(staged);
-                    staged.clear();
-                }
+                flush_full(staged, out);
                 if p[i] == v[i].len() {
                     break;
                 }
@@ -300,21 +293,14 @@ impl Merger {
                         (bi, bt) = (i, v[p].tsc);
                     }
                 }
-                if bt < *last {
-                    stats.out_of_order += 1;
-                } else {
-                    *last = bt;
-                }
+                hand_on(bt, last, stats);
                 let (v, p) = &mut fronts[bi];
                 staged.push(Tagged {
                     pcpu: streams[bi].pcpu,
                     sample: v[*p],
                 });
                 *p += 1;
-                if staged.len() >= STAGE {
-                    out.samples(staged);
-                    staged.clear();
-                }
+                flush_full(staged, out);
                 if *p == v.len() {
                     break;
                 }
@@ -384,11 +370,7 @@ impl Merger {
                     while let Some(x) = v.get(p)
                         && below(x.tsc)
                     {
-                        if x.tsc < *last {
-                            stats.out_of_order += 1;
-                        } else {
-                            *last = x.tsc;
-                        }
+                        hand_on(x.tsc, last, stats);
                         staged.push(Tagged { pcpu, sample: *x });
                         p += 1;
                     }
@@ -404,24 +386,38 @@ impl Merger {
                     if let Some(Entry::Samples(v)) = s.queue.pop_front() {
                         spent.push(v);
                     }
-                    if staged.len() >= STAGE {
-                        out.samples(staged);
-                        staged.clear();
-                    }
+                    flush_full(staged, out);
                     if one_batch {
                         break;
                     }
                 }
             }
         }
-        if staged.len() >= STAGE {
-            out.samples(staged);
-            staged.clear();
-        }
+        flush_full(staged, out);
         if was_over && s.buffered <= *cap {
             *over -= 1;
         }
         heads[i] = s.head();
+    }
+}
+
+/// Counts a sample at `tsc` as out of order when it is below the highest TSC
+/// handed on (`last`), else makes it the new highest.
+#[inline]
+fn hand_on(tsc: u64, last: &mut u64, stats: &mut MergeStats) {
+    if tsc < *last {
+        stats.out_of_order += 1;
+    } else {
+        *last = tsc;
+    }
+}
+
+/// Hands the staged samples on once there are [`STAGE`] of them.
+#[inline]
+fn flush_full(staged: &mut Vec<Tagged>, out: &mut dyn MergeOut) {
+    if staged.len() >= STAGE {
+        out.samples(staged);
+        staged.clear();
     }
 }
 

@@ -30,11 +30,16 @@ fn put(d: &std::path::Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+fn vm(id: u16, name: &str, vcpus: u16) -> VmInfo<'_> {
+    VmInfo { id, name, vcpus }
+}
+
 fn slot(i: u64) -> u64 {
     START + i * PERIOD
 }
 
-fn log(vms: &[VmInfo<'_>], pcpus: &[Vec<Sample>]) -> Vec<u8> {
+/// A writer that has written the golden header for these VMs and pCPUs.
+fn writer(vms: &[VmInfo<'_>], pcpus: &[Vec<Sample>]) -> LogWriter {
     let mut w = LogWriter::new();
     let h = Header {
         format_major: FORMAT_MAJOR,
@@ -48,6 +53,11 @@ fn log(vms: &[VmInfo<'_>], pcpus: &[Vec<Sample>]) -> Vec<u8> {
         start_tsc: START,
     };
     w.header(&h, vms).unwrap();
+    w
+}
+
+fn log(vms: &[VmInfo<'_>], pcpus: &[Vec<Sample>]) -> Vec<u8> {
+    let mut w = writer(vms, pcpus);
     for (p, s) in pcpus.iter().enumerate() {
         w.samples(p as u16, PERIOD, s).unwrap();
     }
@@ -92,18 +102,7 @@ fn scenario_a_n(d: &std::path::Path, n: u64) -> Options {
             ),
         });
     }
-    let log = put(
-        d,
-        "a.vmlog",
-        &log(
-            &[VmInfo {
-                id: 0,
-                name: "web",
-                vcpus: 1,
-            }],
-            &[s],
-        ),
-    );
+    let log = put(d, "a.vmlog", &log(&[vm(0, "web", 1)], &[s]));
     let bundle = "gk-bundle 1\nvm web\nproc 100 prog cr3=0x1234000\n\
         map 100 555500000000 555500003000 0 /usr/bin/prog\n\
         kmap ffffffff81000000 ffffffff82000000 vmlinux\n\
@@ -210,18 +209,7 @@ fn steal_on_sibling_vcpu_vs_outside() {
             }
         }
     }
-    let vms = [
-        VmInfo {
-            id: 0,
-            name: "duo",
-            vcpus: 2,
-        },
-        VmInfo {
-            id: 1,
-            name: "solo",
-            vcpus: 1,
-        },
-    ];
+    let vms = [vm(0, "duo", 2), vm(1, "solo", 1)];
     let mut o = opts(put(&d, "s.vmlog", &log(&vms, &[s])));
     o.level = Level::Guest;
     o.vcpu = Some(0);
@@ -288,18 +276,7 @@ fn blank_gaps_are_idle_after_hlt_and_steal_otherwise() {
         0x40_1000,
         ExitReason::EXTERNAL_INTERRUPT,
     ));
-    let mut o = opts(put(
-        &d,
-        "g.vmlog",
-        &log(
-            &[VmInfo {
-                id: 0,
-                name: "g",
-                vcpus: 1,
-            }],
-            &[s],
-        ),
-    ));
+    let mut o = opts(put(&d, "g.vmlog", &log(&[vm(0, "g", 1)], &[s])));
     o.level = Level::Guest;
     let text = report::to_text(&report::build(&o).unwrap());
     assert_eq!(
@@ -354,18 +331,7 @@ fn cr3_reuse_and_two_processes_of_one_program() {
         slot(50),
         slot(50) + 1
     );
-    let mut o = opts(put(
-        &d,
-        "p.vmlog",
-        &log(
-            &[VmInfo {
-                id: 0,
-                name: "p",
-                vcpus: 1,
-            }],
-            &[s],
-        ),
-    ));
+    let mut o = opts(put(&d, "p.vmlog", &log(&[vm(0, "p", 1)], &[s])));
     o.level = Level::Guest;
     o.bundles.push(put(&d, "p.bundle", bundle.as_bytes()));
     o.elfs.push(put(
@@ -639,19 +605,7 @@ fn kallsyms_file_comm_filter_and_top() {
 /// then `ring` of pCPU 1, and so on, round after round (so the pCPUs' batches
 /// interleave in the file only coarsely, each ring spanning the same time).
 fn log_rings(vms: &[VmInfo<'_>], pcpus: &[Vec<Sample>], ring: usize) -> Vec<u8> {
-    let mut w = LogWriter::new();
-    let h = Header {
-        format_major: FORMAT_MAJOR,
-        format_minor: FORMAT_MINOR,
-        hv_build_id: "golden",
-        tsc_hz: HZ,
-        source: SamplingSource::LapicTimer,
-        period_tsc: PERIOD,
-        pcpus: pcpus.len() as u16,
-        vm_count: vms.len() as u16,
-        start_tsc: START,
-    };
-    w.header(&h, vms).unwrap();
+    let mut w = writer(vms, pcpus);
     let longest = pcpus.iter().map(Vec::len).max().unwrap_or(0);
     for from in (0..longest).step_by(ring) {
         for (p, s) in pcpus.iter().enumerate() {
@@ -695,11 +649,7 @@ fn migrating(d: &std::path::Path, exit: ExitReason) -> Options {
             _ => user(i, 0, 0, ext),
         })
         .collect();
-    let vms = [VmInfo {
-        id: 0,
-        name: "m",
-        vcpus: 1,
-    }];
+    let vms = [vm(0, "m", 1)];
     let mut o = opts(put(d, "m.vmlog", &log_rings(&vms, &[p0, p1], 25)));
     o.level = Level::Guest;
     o
@@ -759,11 +709,7 @@ fn steal_on_a_sibling_that_held_the_pcpu_before_the_vcpu_migrated() {
             }
         })
         .collect();
-    let vms = [VmInfo {
-        id: 0,
-        name: "duo",
-        vcpus: 2,
-    }];
+    let vms = [vm(0, "duo", 2)];
     // pCPU 0's whole ring, then pCPU 1's.
     let log = put(&d, "duo.vmlog", &log_rings(&vms, &[p0, p1], 40));
     let mut o = opts(log.clone());
@@ -804,11 +750,7 @@ fn a_pcpu_lagging_beyond_the_look_ahead_is_merged_and_counted() {
     let ext = ExitReason::EXTERNAL_INTERRUPT;
     let p0: Vec<Sample> = (1..=n).map(|i| user(i, 0, 0, ext)).collect();
     let p1: Vec<Sample> = (1..=n).map(idle_host).collect();
-    let vms = [VmInfo {
-        id: 0,
-        name: "g",
-        vcpus: 1,
-    }];
+    let vms = [vm(0, "g", 1)];
     // pCPU 0's whole stream before pCPU 1's: more than the look-ahead holds.
     let log = put(&d, "lag.vmlog", &log_rings(&vms, &[p0, p1], n as usize));
     let mut o = opts(log.clone());

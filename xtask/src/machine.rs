@@ -343,15 +343,7 @@ impl Machine for Bochs {
         std::fs::write(dir.join("dbg.rc"), "c\n")?;
         let mut cmd = Command::new("bochs");
         cmd.args(["-q", "-f", "bochsrc", "-rc", "dbg.rc"]);
-        supervise(
-            self.name(),
-            cmd,
-            &dir,
-            &dir.join("serial.txt"),
-            &dir.join("log.bin"),
-            dir.join("bochs.log"),
-            opts,
-        )
+        supervise_in_run_dir(self.name(), cmd, &dir, "bochs.log", opts)
     }
 }
 
@@ -446,16 +438,29 @@ impl Machine for Qemu {
         let dir = new_run_dir(self.name(), &opts.label)?;
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(self.args(&iso, opts));
-        supervise(
-            self.name(),
-            cmd,
-            &dir,
-            &dir.join("serial.txt"),
-            &dir.join("log.bin"),
-            dir.join("emulator.out"),
-            opts,
-        )
+        supervise_in_run_dir(self.name(), cmd, &dir, "emulator.out", opts)
     }
+}
+
+/// [`supervise`] with the run directory's standard file names: the console in
+/// `serial.txt`, the sample log in `log.bin` and the emulator's own log in
+/// `emulator_log`.
+fn supervise_in_run_dir(
+    machine: &str,
+    cmd: Command,
+    dir: &Path,
+    emulator_log: &str,
+    opts: &RunOptions,
+) -> Result<RunResult> {
+    supervise(
+        machine,
+        cmd,
+        dir,
+        &dir.join("serial.txt"),
+        &dir.join("log.bin"),
+        dir.join(emulator_log),
+        opts,
+    )
 }
 
 fn absolute_iso(iso: &Path) -> Result<PathBuf> {
