@@ -11,7 +11,7 @@ const SLAVE_DATA: u16 = 0xa1;
 const ICW1_INIT_ICW4: u8 = 0x11;
 const ICW4_8086: u8 = 0x01;
 /// A write to port 0x80 takes about 1 us: the classic delay between PIC commands.
-const DELAY_PORT: u16 = 0x80;
+pub const DELAY_PORT: u16 = 0x80;
 
 /// Remaps IRQs 0-15 to [`vectors::PIC_BASE`].. and masks them all.
 pub fn disable() {

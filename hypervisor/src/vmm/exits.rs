@@ -32,6 +32,15 @@ pub const CPUID_HV_BASE: u32 = 0x4000_0000;
 /// "HVprofHVprof" in EBX, ECX, EDX of leaf 0x4000_0000.
 pub const CPUID_HV_SIGNATURE: [u8; 12] = *b"HVprofHVprof";
 
+/// CPUID leaves the guest sees as absent (all zero).
+pub mod cpuid_leaf {
+    pub const MONITOR_MWAIT: u32 = 0x5;
+    pub const PERFMON: u32 = 0xa;
+    pub const XSAVE: u32 = 0xd;
+}
+/// How many leaves above [`CPUID_HV_BASE`] the hypervisor range spans.
+const CPUID_HV_RANGE: u32 = 0x100;
+
 /// CPUID.1 bits the guest must not see.
 pub mod cpuid1 {
     pub const ECX_MONITOR: u32 = 1 << 3;
@@ -43,6 +52,11 @@ pub mod cpuid1 {
     pub const ECX_AVX: u32 = 1 << 28;
     pub const ECX_HYPERVISOR: u32 = 1 << 31;
 }
+
+/// The low 32 bits of a register: EAX of RAX, the half of an MSR value RDMSR returns in EAX.
+const LOW32: u64 = u32::MAX as u64;
+/// Open-bus bits above a byte-wide device register: a 16/32-bit IN of one reads them as ones.
+const OPEN_BUS_ABOVE_BYTE: u64 = !(u8::MAX as u64);
 
 /// One decoded VM exit: only the fields its reason needs are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,7 +217,7 @@ pub fn handle(
             };
             match value {
                 Some(v) => {
-                    vcpu.regs.0[reg::RAX] = v & 0xffff_ffff;
+                    vcpu.regs.0[reg::RAX] = v & LOW32;
                     vcpu.regs.0[reg::RDX] = v >> 32;
                     advance(vmcs, exit);
                 }
@@ -266,7 +280,7 @@ pub fn handle(
                 let offset = io.port - COM1_BASE;
                 if io.is_in {
                     let v = vm.uart.read(offset) as u64;
-                    set_low_bytes(&mut vcpu.regs.0[reg::RAX], io.size, v | !0xff);
+                    set_low_bytes(&mut vcpu.regs.0[reg::RAX], io.size, v | OPEN_BUS_ABOVE_BYTE);
                 } else if let Some(line) = vm.uart.write(offset, vcpu.regs.0[reg::RAX] as u8) {
                     env.console_line(vm.name, line);
                 }
@@ -338,13 +352,13 @@ pub fn guest_cpuid(leaf: u32, sub: u32, env: &impl ExitEnv) -> [u32; 4] {
             [a, b, (c & !hide) | ECX_HYPERVISOR, d]
         }
         // MONITOR/MWAIT, architectural perfmon, XSAVE: absent.
-        5 | 0xa | 0xd => [0; 4],
+        cpuid_leaf::MONITOR_MWAIT | cpuid_leaf::PERFMON | cpuid_leaf::XSAVE => [0; 4],
         CPUID_HV_BASE => {
             let s = CPUID_HV_SIGNATURE;
             let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
             [CPUID_HV_BASE + 1, w(0), w(4), w(8)]
         }
-        l if (CPUID_HV_BASE + 1..CPUID_HV_BASE + 0x100).contains(&l) => [0; 4],
+        l if (CPUID_HV_BASE + 1..CPUID_HV_BASE + CPUID_HV_RANGE).contains(&l) => [0; 4],
         _ => env.host_cpuid(leaf, sub),
     }
 }
@@ -355,7 +369,7 @@ fn set_low_bytes(reg: &mut u64, size: u8, value: u64) {
     match size {
         1 => *reg = (*reg & !0xff) | (value & 0xff),
         2 => *reg = (*reg & !0xffff) | (value & 0xffff),
-        _ => *reg = value & 0xffff_ffff,
+        _ => *reg = value & LOW32,
     }
 }
 

@@ -140,12 +140,6 @@ fn build_vm(
 ) -> (Vm, VmcsRegion) {
     let caps = root.caps();
     let name = spec.name;
-    if spec.vcpus > 1 {
-        println!(
-            "hv: vm {name}: vcpus={} requested, running 1 (SMP guests are a later step)",
-            spec.vcpus
-        );
-    }
     let module = boot.module(spec.module).unwrap_or_else(|| {
         fatal(format_args!(
             "vm {name}: no boot module named `{}`",
@@ -209,7 +203,7 @@ fn build_vm(
         .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
     }
 
-    // Bitmaps: MSRs per msrs::msr_bitmap, every port traps but the POST delay port 0x80.
+    // Bitmaps: MSRs per msrs::msr_bitmap, every port traps but the POST delay port.
     let pat_switched =
         ctl.exit & ExitCtls::LOAD_PAT.bits() != 0 && ctl.entry & EntryCtls::LOAD_PAT.bits() != 0;
     let mut msr_bitmap = alloc_frame();
@@ -217,7 +211,7 @@ fn build_vm(
         .bytes()
         .copy_from_slice(&msrs::msr_bitmap(pat_switched).0);
     let mut io = IoBitmaps::trap_all();
-    io.pass(0x80);
+    io.pass(crate::arch::pic::DELAY_PORT);
     let (mut io_a, mut io_b) = (alloc_frame(), alloc_frame());
     io_a.bytes().copy_from_slice(&io.a);
     io_b.bytes().copy_from_slice(&io.b);

@@ -4,8 +4,8 @@
 use core::arch::naked_asm;
 use core::fmt;
 
-use super::instr::CurrentVmcs;
-use super::root::{VmcsRegion, VmxRoot};
+use super::instr::{self, CurrentVmcs};
+use super::root::{HostFieldCache, VmcsRegion, VmxRoot};
 use super::vmcs::{HostNW, ReadOnly32, VmFail, Vmcs};
 use crate::arch::cpu;
 
@@ -72,20 +72,21 @@ impl VmxRoot {
             return Err(EnterError::NotCurrent { vmcs: vmcs.pa() });
         }
         let current = CurrentVmcs;
-        if current.read(HostNW::Rip) != vmexit_landing as *const () as u64 {
+        let host = self.host_fields(&current);
+        if host.rip != vmexit_landing as *const () as u64 {
             return Err(EnterError::HostState(
                 "HOST_RIP is not the VM-exit landing point",
             ));
         }
-        if current.read(HostNW::Cr3) != cpu::read_cr3() {
+        if host.cr3 != cpu::read_cr3() {
             return Err(EnterError::HostState("HOST_CR3 is not this CPU's CR3"));
         }
-        if current.read(HostNW::GdtrBase) != cpu::read_gdtr().0 {
+        if host.gdtr_base != cpu::read_gdtr().0 {
             return Err(EnterError::HostState(
                 "HOST_GDTR_BASE is not this CPU's GDT",
             ));
         }
-        if current.read(HostNW::IdtrBase) != cpu::read_idtr().0 {
+        if host.idtr_base != cpu::read_idtr().0 {
             return Err(EnterError::HostState(
                 "HOST_IDTR_BASE is not this CPU's IDT",
             ));
@@ -104,6 +105,36 @@ impl VmxRoot {
             ))),
         }
     }
+}
+
+impl VmxRoot {
+    /// The current VMCS's HOST_RIP/CR3/GDTR/IDTR bases: VMREAD once per VMPTRLD and again
+    /// only after a host-state VMWRITE, not on every entry.
+    fn host_fields(&self, current: &CurrentVmcs) -> HostFieldCache {
+        let writes = instr::host_field_writes();
+        if let Some(c) = self.host_cache.get()
+            && c.writes == writes
+        {
+            return c;
+        }
+        let c = HostFieldCache {
+            writes,
+            rip: current.read(HostNW::Rip),
+            cr3: current.read(HostNW::Cr3),
+            gdtr_base: current.read(HostNW::GdtrBase),
+            idtr_base: current.read(HostNW::IdtrBase),
+        };
+        self.host_cache.set(Some(c));
+        c
+    }
+}
+
+/// The tail both ways out of `vmx_enter` share: pops the callee-saved registers it pushed
+/// (in reverse) and returns to its caller.
+macro_rules! pop_host_callee_saved_and_ret {
+    () => {
+        "pop r15\npop r14\npop r13\npop r12\npop rbx\npop rbp\nret"
+    };
 }
 
 /// `vmx_enter(regs, resume) -> 0 exit | 1 VMfailInvalid | 2 VMfailValid`.
@@ -156,13 +187,7 @@ unsafe extern "C" fn vmx_enter(regs: *mut GuestRegs, resume: u64) -> u64 {
         "mov eax, 1",
         "4:",
         "pop rdi",
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop rbx",
-        "pop rbp",
-        "ret",
+        pop_host_callee_saved_and_ret!(),
         host_rsp = const HOST_RSP,
     );
 }
@@ -196,12 +221,6 @@ pub unsafe extern "C" fn vmexit_landing() -> ! {
         "mov [rdi + 56], rax",
         "pop rdi",
         "xor eax, eax",
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop rbx",
-        "pop rbp",
-        "ret",
+        pop_host_callee_saved_and_ret!(),
     );
 }
