@@ -4,8 +4,8 @@
 use core::arch::naked_asm;
 use core::fmt;
 
-use super::instr::{self, CurrentVmcs};
-use super::root::{HostFieldCache, VmcsRegion, VmxRoot};
+use super::instr::CurrentVmcs;
+use super::root::{VmcsRegion, VmxRoot};
 use super::vmcs::{HostNW, ReadOnly32, VmFail, Vmcs};
 use crate::arch::cpu;
 
@@ -72,21 +72,20 @@ impl VmxRoot {
             return Err(EnterError::NotCurrent { vmcs: vmcs.pa() });
         }
         let current = CurrentVmcs;
-        let host = self.host_fields(&current);
-        if host.rip != vmexit_landing as *const () as u64 {
+        if current.read(HostNW::Rip) != vmexit_landing as *const () as u64 {
             return Err(EnterError::HostState(
                 "HOST_RIP is not the VM-exit landing point",
             ));
         }
-        if host.cr3 != cpu::read_cr3() {
+        if current.read(HostNW::Cr3) != cpu::read_cr3() {
             return Err(EnterError::HostState("HOST_CR3 is not this CPU's CR3"));
         }
-        if host.gdtr_base != cpu::read_gdtr().0 {
+        if current.read(HostNW::GdtrBase) != cpu::read_gdtr().0 {
             return Err(EnterError::HostState(
                 "HOST_GDTR_BASE is not this CPU's GDT",
             ));
         }
-        if host.idtr_base != cpu::read_idtr().0 {
+        if current.read(HostNW::IdtrBase) != cpu::read_idtr().0 {
             return Err(EnterError::HostState(
                 "HOST_IDTR_BASE is not this CPU's IDT",
             ));
@@ -104,28 +103,6 @@ impl VmxRoot {
                 current.read(ReadOnly32::VmInstructionError) as u32,
             ))),
         }
-    }
-}
-
-impl VmxRoot {
-    /// The current VMCS's HOST_RIP/CR3/GDTR/IDTR bases: VMREAD once per VMPTRLD and again
-    /// only after a host-state VMWRITE, not on every entry.
-    fn host_fields(&self, current: &CurrentVmcs) -> HostFieldCache {
-        let writes = instr::host_field_writes();
-        if let Some(c) = self.host_cache.get()
-            && c.writes == writes
-        {
-            return c;
-        }
-        let c = HostFieldCache {
-            writes,
-            rip: current.read(HostNW::Rip),
-            cr3: current.read(HostNW::Cr3),
-            gdtr_base: current.read(HostNW::GdtrBase),
-            idtr_base: current.read(HostNW::IdtrBase),
-        };
-        self.host_cache.set(Some(c));
-        c
     }
 }
 

@@ -7,18 +7,8 @@
 //! Side-effecting wrappers are `unsafe fn`; pure reads of CPU state are safe.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::vmcs::{ReadOnly32, VmFail, Vmcs, VmcsField, is_host_field};
-
-/// Bumped by every VMWRITE of a host-state field (on any CPU), so a host-state check cached
-/// by [`super::root::VmxRoot`] is redone after any such write.
-static HOST_FIELD_WRITES: AtomicU64 = AtomicU64::new(0);
-
-/// The count of host-state VMWRITEs so far (see [`HOST_FIELD_WRITES`]).
-pub fn host_field_writes() -> u64 {
-    HOST_FIELD_WRITES.load(Ordering::Acquire)
-}
+use super::vmcs::{ReadOnly32, VmFail, Vmcs, VmcsField};
 
 /// Turns the flags a VMX instruction left into a result. `cf`/`zf` come from `setc`/`setz`
 /// in the instruction's own asm block.
@@ -172,9 +162,6 @@ impl Vmcs for CurrentVmcs {
     }
 
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
-        if is_host_field(encoding) {
-            HOST_FIELD_WRITES.fetch_add(1, Ordering::AcqRel);
-        }
         let (cf, zf): (u8, u8);
         // SAFETY: VMWRITE changes only the current VMCS, which is inert until the next VM
         // entry validates it; CurrentVmcs is used only in VMX root operation.

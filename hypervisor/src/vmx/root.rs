@@ -54,19 +54,6 @@ pub struct VmxRoot {
     _vmxon_region: HostFrames,
     /// The VMCS this CPU made current through [`VmxRoot::load`].
     current: Cell<Option<u64>>,
-    /// The current VMCS's host-state fields [`VmxRoot::enter`] checks, as last read from it;
-    /// dropped by [`VmxRoot::load`] and stale once any host-state field is written.
-    pub(super) host_cache: Cell<Option<HostFieldCache>>,
-}
-
-/// Host-state fields of the current VMCS, read after `writes` host-state VMWRITEs.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct HostFieldCache {
-    pub writes: u64,
-    pub rip: u64,
-    pub cr3: u64,
-    pub gdtr_base: u64,
-    pub idtr_base: u64,
 }
 
 /// A VMCS region: a frame holding the revision identifier, VMCLEARed once.
@@ -112,7 +99,6 @@ impl VmxRoot {
             caps,
             _vmxon_region: region,
             current: Cell::new(None),
-            host_cache: Cell::new(None),
         })
     }
 
@@ -145,7 +131,6 @@ impl VmxRoot {
     pub fn load(&self, vmcs: &VmcsRegion) -> Result<(), VmFail> {
         // SAFETY: in VMX root operation; `vmcs` was made by new_vmcs (stamped, cleared).
         let r = unsafe { instr::vmptrld(vmcs.pa()) };
-        self.host_cache.set(None);
         self.current
             .set(if r.is_ok() { Some(vmcs.pa()) } else { None });
         r

@@ -9,15 +9,6 @@ pub trait VmcsField: Copy {
     fn encoding(self) -> u32;
 }
 
-/// Encoding bits 11:10 are the field type (SDM 25.11.2); 3 = host-state area.
-const FIELD_TYPE_SHIFT: u32 = 10;
-const FIELD_TYPE_HOST: u32 = 3;
-
-/// Whether the field `encoding` names is in the host-state area.
-pub fn is_host_field(encoding: u32) -> bool {
-    (encoding >> FIELD_TYPE_SHIFT) & 3 == FIELD_TYPE_HOST
-}
-
 /// A VMCS field software may write.
 pub trait WritableField: VmcsField {}
 
