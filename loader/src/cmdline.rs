@@ -2,8 +2,9 @@
 //!
 //! - `sample_hz=N`: sampling rate, 1..=[`MAX_SAMPLE_HZ`] (default [`DEFAULT_SAMPLE_HZ`]);
 //! - `run_ms=N`: stop after this much host time, 0 = until every guest has stopped (default 0);
-//! - `vm=NAME:MODULE[:vcpus=N][:mem_mb=N]`: one per VM, `MODULE` being the name given to
-//!   GRUB's `module2`.
+//! - `vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]`: one per VM, `MODULE` being the
+//!   name given to GRUB's `module2` (the first word of its command line), `initrd` naming a
+//!   second module to give a Linux guest as its initial RAM disk.
 //!
 //! GRUB puts the image path first (`/boot/hypervisor.elf sample_hz=1000`); a first word
 //! without `=` that starts with `/` or `(` is taken as that path and skipped.
@@ -38,6 +39,8 @@ pub struct VmSpec<'a> {
     pub name: &'a str,
     /// The name of the Multiboot2 module holding the guest image.
     pub module: &'a str,
+    /// The name of the Multiboot2 module holding the guest's initrd (Linux guests).
+    pub initrd: Option<&'a str>,
     /// Number of vCPUs, 1..=[`SUPPORTED_VCPUS`].
     pub vcpus: u32,
     /// Guest RAM in MiB, 1..=[`MAX_MEM_MB`].
@@ -82,11 +85,11 @@ pub enum CmdlineError<'a> {
         min: u64,
         max: u64,
     },
-    #[error("cmdline: `{0}` is not vm=NAME:MODULE[:vcpus=N][:mem_mb=N]")]
+    #[error("cmdline: `{0}` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]")]
     BadVm(&'a str),
     #[error("cmdline: VM name `{0}` must be 1-32 characters of A-Z a-z 0-9 _ -")]
     BadVmName(&'a str),
-    #[error("cmdline: unknown VM option `{0}` (known: vcpus, mem_mb)")]
+    #[error("cmdline: unknown VM option `{0}` (known: initrd, vcpus, mem_mb)")]
     UnknownVmOption(&'a str),
     #[error("cmdline: VM `{0}` is declared twice")]
     DuplicateVm(&'a str),
@@ -141,6 +144,7 @@ fn parse_vm(value: &str) -> Result<VmSpec<'_>, CmdlineError<'_>> {
     let mut vm = VmSpec {
         name,
         module,
+        initrd: None,
         vcpus: 1,
         mem_mb: DEFAULT_MEM_MB,
     };
@@ -148,6 +152,12 @@ fn parse_vm(value: &str) -> Result<VmSpec<'_>, CmdlineError<'_>> {
     for opt in parts {
         let (key, val) = opt.split_once('=').ok_or(CmdlineError::BadVm(value))?;
         match key {
+            "initrd" if vm.initrd.is_none() => {
+                if val.is_empty() {
+                    return Err(CmdlineError::BadVm(value));
+                }
+                vm.initrd = Some(val);
+            }
             "vcpus" if !seen_vcpus => {
                 seen_vcpus = true;
                 vm.vcpus = number(key, val, 1, MAX_VCPUS.into())? as u32;
@@ -159,7 +169,7 @@ fn parse_vm(value: &str) -> Result<VmSpec<'_>, CmdlineError<'_>> {
                 seen_mem = true;
                 vm.mem_mb = number(key, val, 1, MAX_MEM_MB.into())? as u32;
             }
-            "vcpus" | "mem_mb" => return Err(CmdlineError::Repeated(key)),
+            "initrd" | "vcpus" | "mem_mb" => return Err(CmdlineError::Repeated(key)),
             _ => return Err(CmdlineError::UnknownVmOption(opt)),
         }
     }
@@ -222,7 +232,7 @@ mod tests {
     #[test]
     fn full_line_with_grub_path() {
         let c = HvConfig::parse(
-            "/boot/hypervisor.elf sample_hz=250 run_ms=3000 vm=linux:vmlinux:vcpus=1:mem_mb=256  vm=gt:ground-truth",
+            "/boot/hypervisor.elf sample_hz=250 run_ms=3000 vm=linux:vmlinux:vcpus=1:mem_mb=256:initrd=initrd.cpio  vm=gt:ground-truth",
         )
         .unwrap();
         assert_eq!(c.sample_hz, 250);
@@ -233,12 +243,14 @@ mod tests {
                 VmSpec {
                     name: "linux",
                     module: "vmlinux",
+                    initrd: Some("initrd.cpio"),
                     vcpus: 1,
                     mem_mb: 256
                 },
                 VmSpec {
                     name: "gt",
                     module: "ground-truth",
+                    initrd: None,
                     vcpus: 1,
                     mem_mb: 64
                 },
@@ -297,15 +309,15 @@ mod tests {
         );
         assert_eq!(
             err("vm=a"),
-            "cmdline: `a` is not vm=NAME:MODULE[:vcpus=N][:mem_mb=N]"
+            "cmdline: `a` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
         );
         assert_eq!(
             err("vm=:m"),
-            "cmdline: `:m` is not vm=NAME:MODULE[:vcpus=N][:mem_mb=N]"
+            "cmdline: `:m` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
         );
         assert_eq!(
             err("vm=a b:m"),
-            "cmdline: `a` is not vm=NAME:MODULE[:vcpus=N][:mem_mb=N]"
+            "cmdline: `a` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
         );
         assert_eq!(
             err("vm=a.b:m"),
@@ -321,11 +333,19 @@ mod tests {
         );
         assert_eq!(
             err("vm=a:m:cpus=2"),
-            "cmdline: unknown VM option `cpus=2` (known: vcpus, mem_mb)"
+            "cmdline: unknown VM option `cpus=2` (known: initrd, vcpus, mem_mb)"
         );
         assert_eq!(
             err("vm=a:m:vcpus"),
-            "cmdline: `a:m:vcpus` is not vm=NAME:MODULE[:vcpus=N][:mem_mb=N]"
+            "cmdline: `a:m:vcpus` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
+        );
+        assert_eq!(
+            err("vm=a:m:initrd="),
+            "cmdline: `a:m:initrd=` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
+        );
+        assert_eq!(
+            err("vm=a:m:initrd=i:initrd=j"),
+            "cmdline: `initrd` is given twice"
         );
         assert_eq!(
             err("vm=a:m:vcpus=1:vcpus=2"),

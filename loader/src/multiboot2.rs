@@ -106,6 +106,17 @@ impl<'a> Module<'a> {
         self.cmdline.split_ascii_whitespace().next().unwrap_or("")
     }
 
+    /// The rest of the module's command line after its name, trimmed (`""` when none). For
+    /// a Linux kernel module (`module2 /boot/vmlinux linux console=ttyS0 quiet`) this is the
+    /// guest's command line: `console=ttyS0 quiet`.
+    pub fn args(&self) -> &'a str {
+        let line = self.cmdline.trim_ascii_start();
+        match line.find(|c: char| c.is_ascii_whitespace()) {
+            Some(end) => line[end..].trim_ascii(),
+            None => "",
+        }
+    }
+
     /// Size in bytes.
     pub fn len(&self) -> u64 {
         self.end - self.start
@@ -514,11 +525,35 @@ mod tests {
         let m = boot.module("gt-mod").unwrap();
         assert_eq!((m.start, m.end, m.len()), (0x800000, 0x801234, 0x1234));
         assert_eq!(m.cmdline, "gt-mod extra args");
+        assert_eq!(m.args(), "extra args");
         let rsdp = boot.rsdp.unwrap();
         assert!(rsdp.v2);
         assert_eq!(rsdp.bytes.len(), 36);
         assert_eq!(boot.config.sample_hz, 500);
         assert_eq!(boot.config.vms[0].module, "gt-mod");
+    }
+
+    #[test]
+    fn module_name_and_args() {
+        let m = |cmdline| Module {
+            start: 0,
+            end: 0,
+            cmdline,
+        };
+        let k = m("  linux \tconsole=ttyS0  quiet tsc_early_khz=2000  ");
+        assert_eq!(
+            (k.name(), k.args()),
+            ("linux", "console=ttyS0  quiet tsc_early_khz=2000")
+        );
+        assert_eq!((m("initrd").name(), m("initrd").args()), ("initrd", ""));
+        assert_eq!(
+            (m("initrd   ").name(), m("initrd   ").args()),
+            ("initrd", "")
+        );
+        assert_eq!((m("").name(), m("").args()), ("", ""));
+        assert_eq!((m(" \t").name(), m(" \t").args()), ("", ""));
+        // Non-ASCII arguments are kept whole.
+        assert_eq!(m("k café=1").args(), "café=1");
     }
 
     #[test]
