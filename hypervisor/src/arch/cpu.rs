@@ -187,6 +187,8 @@ pub mod cr0 {
 /// CR4 bits (SDM 2.5).
 pub mod cr4 {
     pub const PAE: u64 = 1 << 5;
+    /// Five-level paging.
+    pub const LA57: u64 = 1 << 12;
     pub const VMXE: u64 = 1 << 13;
     pub const SMXE: u64 = 1 << 14;
     pub const OSXSAVE: u64 = 1 << 18;

@@ -14,8 +14,11 @@ use crate::vmx::vmcs::{
 };
 use crate::vmx::{cr0, cr4, interruptibility, rflags};
 
+use super::cpuid::{self, GuestCpu};
+use super::devices::acpi_pm::PmRequest;
+use super::lapic::{ApicAction, ApicMode};
+use super::mmio::{self, MmioError, MmioOp, PagingMode};
 use super::msrs::{self, MsrAction};
-use super::uart::{COM1_BASE, Uart16550};
 use super::vcpu::{GuestTimer, PendingEvent, StopReason, Vcpu, Vm};
 
 /// Paravirtual call numbers (docs/contracts.md, "Guests").
@@ -27,36 +30,8 @@ pub mod vmcall {
     pub const ERROR: u64 = u64::MAX;
 }
 
-/// The CPUID leaf range a hypervisor announces itself in.
-pub const CPUID_HV_BASE: u32 = 0x4000_0000;
-/// "HVprofHVprof" in EBX, ECX, EDX of leaf 0x4000_0000.
-pub const CPUID_HV_SIGNATURE: [u8; 12] = *b"HVprofHVprof";
-
-/// CPUID leaves the guest sees as absent (all zero).
-pub mod cpuid_leaf {
-    pub const MONITOR_MWAIT: u32 = 0x5;
-    pub const PERFMON: u32 = 0xa;
-    pub const XSAVE: u32 = 0xd;
-}
-/// How many leaves above [`CPUID_HV_BASE`] the hypervisor range spans.
-const CPUID_HV_RANGE: u32 = 0x100;
-
-/// CPUID.1 bits the guest must not see.
-pub mod cpuid1 {
-    pub const ECX_MONITOR: u32 = 1 << 3;
-    pub const ECX_VMX: u32 = 1 << 5;
-    pub const ECX_X2APIC: u32 = 1 << 21;
-    pub const ECX_TSC_DEADLINE: u32 = 1 << 24;
-    pub const ECX_XSAVE: u32 = 1 << 26;
-    pub const ECX_OSXSAVE: u32 = 1 << 27;
-    pub const ECX_AVX: u32 = 1 << 28;
-    pub const ECX_HYPERVISOR: u32 = 1 << 31;
-}
-
 /// The low 32 bits of a register: EAX of RAX, the half of an MSR value RDMSR returns in EAX.
 const LOW32: u64 = u32::MAX as u64;
-/// Open-bus bits above a byte-wide device register: a 16/32-bit IN of one reads them as ones.
-const OPEN_BUS_ABOVE_BYTE: u64 = !(u8::MAX as u64);
 
 /// One decoded VM exit: only the fields its reason needs are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,7 +176,14 @@ pub fn handle(
         ExitReason::Cpuid => {
             let leaf = vcpu.regs.0[reg::RAX] as u32;
             let sub = vcpu.regs.0[reg::RCX] as u32;
-            let [a, b, c, d] = guest_cpuid(leaf, sub, env);
+            let cpu = GuestCpu {
+                apic_id: u32::from(vcpu.index),
+                vcpus: vm.cpu.vcpus,
+                tsc_hz: env.tsc_hz(),
+                rdtscp: vm.cpu.rdtscp,
+                invpcid: vm.cpu.invpcid,
+            };
+            let [a, b, c, d] = cpuid::guest_cpuid(leaf, sub, &cpu, |l, s| env.host_cpuid(l, s));
             vcpu.regs.0[reg::RAX] = a as u64;
             vcpu.regs.0[reg::RBX] = b as u64;
             vcpu.regs.0[reg::RCX] = c as u64;
@@ -213,6 +195,7 @@ pub fn handle(
             let value = match msrs::on_read(msr) {
                 MsrAction::Read(v) => Some(v),
                 MsrAction::ReadHost => Some(env.host_rdmsr(msr)),
+                MsrAction::Apic => apic_read(vcpu, msr, env.tsc()),
                 MsrAction::IgnoreWrite | MsrAction::Fault => None,
             };
             match value {
@@ -224,17 +207,26 @@ pub fn handle(
                 None => inject_gp(vcpu, vmcs),
             }
         }
-        ExitReason::Wrmsr => match msrs::on_write(Msr(vcpu.regs.0[reg::RCX] as u32)) {
-            MsrAction::IgnoreWrite => advance(vmcs, exit),
-            _ => inject_gp(vcpu, vmcs),
-        },
+        ExitReason::Wrmsr => {
+            let msr = Msr(vcpu.regs.0[reg::RCX] as u32);
+            let value = (vcpu.regs.0[reg::RDX] << 32) | (vcpu.regs.0[reg::RAX] & LOW32);
+            let ok = match msrs::on_write(msr) {
+                MsrAction::IgnoreWrite => true,
+                MsrAction::Apic => apic_write(vcpu, msr, value, env.tsc()),
+                _ => false,
+            };
+            if ok {
+                advance(vmcs, exit);
+            } else {
+                inject_gp(vcpu, vmcs);
+            }
+        }
         ExitReason::Hlt => {
             // An interrupt already waiting wakes the HLT at once, as on hardware (when the
             // guest can take it: IF set; the STI/MOV-SS shadow ends with the HLT itself).
             let can_wake = vmcs.read(GuestNW::Rflags) & rflags::IF != 0;
             vcpu.halted_interruptible = can_wake;
-            let waiting = vcpu.pending_vector.is_some() || vcpu.pending_event.is_some();
-            vcpu.halted = !(can_wake && waiting);
+            vcpu.halted = !(can_wake && vcpu.interrupt_waiting());
             advance(vmcs, exit);
         }
         ExitReason::Vmcall => {
@@ -276,21 +268,22 @@ pub fn handle(
                     rip: exit.rip,
                 });
                 return Outcome::Continue;
-            } else if Uart16550::decodes(io.port) {
-                let offset = io.port - COM1_BASE;
-                if io.is_in {
-                    let v = vm.uart.read(offset) as u64;
-                    set_low_bytes(&mut vcpu.regs.0[reg::RAX], io.size, v | OPEN_BUS_ABOVE_BYTE);
-                } else if let Some(line) = vm.uart.write(offset, vcpu.regs.0[reg::RAX] as u8) {
-                    env.console_line(vm.name, line);
-                }
-            } else if io.is_in {
-                vcpu.io.reads += 1;
-                vcpu.io.last_port = io.port;
-                set_low_bytes(&mut vcpu.regs.0[reg::RAX], io.size, u64::MAX);
+            }
+            let rax = &mut vcpu.regs.0[reg::RAX];
+            if io.is_in {
+                let v = vm.bus.read(io.port, io.size, env.tsc());
+                set_low_bytes(rax, io.size, u64::from(v));
             } else {
-                vcpu.io.writes += 1;
-                vcpu.io.last_port = io.port;
+                let name = vm.name;
+                let request = vm
+                    .bus
+                    .write(io.port, *rax as u32, |line| env.console_line(name, line));
+                match request {
+                    PmRequest::None => {}
+                    PmRequest::PowerOff => vm.stopped = Some(StopReason::PowerOff),
+                    PmRequest::Reset => vm.stopped = Some(StopReason::Reset),
+                    PmRequest::UnsupportedSleep(_) => {}
+                }
             }
             advance(vmcs, exit);
         }
@@ -300,6 +293,27 @@ pub fn handle(
             CrOutcome::Stop(why) => vm.stopped = Some(why),
             CrOutcome::NotEmulated => vm.stopped = Some(unhandled),
         },
+        ExitReason::EptViolation
+            if XAPIC_PAGE.contains(&exit.guest_physical)
+                && vcpu.lapic.mode() == ApicMode::XApic =>
+        {
+            match xapic_access(exit, vcpu, vm.ram.bytes(), vmcs, env.tsc()) {
+                Ok(len) => advance(
+                    vmcs,
+                    &VmExit {
+                        instruction_len: u64::from(len),
+                        ..*exit
+                    },
+                ),
+                Err(error) => {
+                    vm.stopped = Some(StopReason::Mmio {
+                        gpa: exit.guest_physical,
+                        rip: exit.rip,
+                        error,
+                    })
+                }
+            }
+        }
         ExitReason::EptViolation => {
             let q = EptViolationQualification::decode(exit.qualification);
             vm.stopped = Some(StopReason::EptViolation {
@@ -309,6 +323,9 @@ pub fn handle(
             });
         }
         ExitReason::TripleFault => vm.stopped = Some(StopReason::TripleFault { rip: exit.rip }),
+        // PAUSE exiting is off; a guest spinning in PAUSE loops still exits only if a CPU
+        // forces it: let it go on.
+        ExitReason::Pause => advance(vmcs, exit),
         ExitReason::PreemptionTimer | ExitReason::InterruptWindow => {}
         ExitReason::Invd | ExitReason::Wbinvd => advance(vmcs, exit),
         ExitReason::Mwait
@@ -335,32 +352,97 @@ pub fn handle(
     Outcome::Continue
 }
 
-/// CPUID as the guest sees it: the host's values without VMX, MONITOR, x2APIC,
-/// TSC-deadline, XSAVE/AVX and the PMU, with the hypervisor bit and leaf 0x4000_0000.
-pub fn guest_cpuid(leaf: u32, sub: u32, env: &impl ExitEnv) -> [u32; 4] {
-    use cpuid1::*;
-    match leaf {
-        1 => {
-            let [a, b, c, d] = env.host_cpuid(1, sub);
-            let hide = ECX_MONITOR
-                | ECX_VMX
-                | ECX_X2APIC
-                | ECX_TSC_DEADLINE
-                | ECX_XSAVE
-                | ECX_OSXSAVE
-                | ECX_AVX;
-            [a, b, (c & !hide) | ECX_HYPERVISOR, d]
+/// A trapped RDMSR of a local-APIC MSR (IA32_APIC_BASE, IA32_TSC_DEADLINE, x2APIC
+/// registers); `None` raises #GP.
+fn apic_read(vcpu: &mut Vcpu, msr: Msr, now: u64) -> Option<u64> {
+    vcpu.lapic.read_msr(msr.0, now).ok()
+}
+
+/// A trapped WRMSR of a local-APIC MSR; false raises #GP. An IPI to self lands in the
+/// vCPU's own IRR; IPIs to other vCPUs are not routed yet (one vCPU per VM).
+fn apic_write(vcpu: &mut Vcpu, msr: Msr, value: u64, now: u64) -> bool {
+    match vcpu.lapic.write_msr(msr.0, value, now) {
+        Ok(ApicAction::SelfNmi) => {
+            vcpu.pending_event = Some(PendingEvent::new(
+                InterruptionInfo::new(InterruptionType::Nmi, vector::NMI, false),
+                0,
+            ));
+            true
         }
-        // MONITOR/MWAIT, architectural perfmon, XSAVE: absent.
-        cpuid_leaf::MONITOR_MWAIT | cpuid_leaf::PERFMON | cpuid_leaf::XSAVE => [0; 4],
-        CPUID_HV_BASE => {
-            let s = CPUID_HV_SIGNATURE;
-            let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
-            [CPUID_HV_BASE + 1, w(0), w(4), w(8)]
-        }
-        l if (CPUID_HV_BASE + 1..CPUID_HV_BASE + CPUID_HV_RANGE).contains(&l) => [0; 4],
-        _ => env.host_cpuid(leaf, sub),
+        Ok(_) => true,
+        Err(_) => false,
     }
+}
+
+/// The xAPIC page (SDM 11.4.1: IA32_APIC_BASE's default base, 4 KiB). It is not mapped
+/// in EPT, so every access exits.
+const XAPIC_PAGE: core::ops::Range<u64> = 0xfee0_0000..0xfee0_1000;
+
+/// A guest register by number (RSP lives in the VMCS).
+fn gpr(vcpu: &Vcpu, vmcs: &impl Vmcs, n: u8) -> u64 {
+    match usize::from(n) {
+        reg::RSP => vmcs.read(GuestNW::Rsp),
+        i => vcpu.regs.0.get(i).copied().unwrap_or(0),
+    }
+}
+
+fn set_gpr(vcpu: &mut Vcpu, vmcs: &mut impl Vmcs, n: u8, value: u64) {
+    match usize::from(n) {
+        reg::RSP => {
+            let _ = vmcs.write(GuestNW::Rsp, value);
+        }
+        i => {
+            if let Some(r) = vcpu.regs.0.get_mut(i) {
+                *r = value;
+            }
+        }
+    }
+}
+
+/// Emulates the guest instruction that accessed the xAPIC page: fetch, decode, apply to
+/// the local APIC model. Returns the instruction's length.
+fn xapic_access(
+    exit: &VmExit,
+    vcpu: &mut Vcpu,
+    ram: &[u8],
+    vmcs: &mut impl Vmcs,
+    now: u64,
+) -> Result<u8, MmioError> {
+    let mode = PagingMode::from_regs(
+        vmcs.read(GuestNW::Cr0),
+        vmcs.read(GuestNW::Cr4),
+        vmcs.read(Guest64::Ia32Efer),
+    );
+    let long_mode = vmcs.read(Guest32::CsAccessRights) & access_rights::LONG_MODE != 0;
+    let (bytes, n) = mmio::fetch(ram, mode, vmcs.read(GuestNW::Cr3), exit.rip)?;
+    let insn = mmio::decode(&bytes[..n], long_mode)?;
+    let offset = (exit.guest_physical - XAPIC_PAGE.start) as u32;
+    let store = |vcpu: &mut Vcpu, value: u32| {
+        if vcpu.lapic.write_mmio(offset, value, now) == ApicAction::SelfNmi {
+            vcpu.pending_event = Some(PendingEvent::new(
+                InterruptionInfo::new(InterruptionType::Nmi, vector::NMI, false),
+                0,
+            ));
+        }
+    };
+    match insn.op {
+        MmioOp::Load { reg } => {
+            let v = vcpu.lapic.read_mmio(offset, now);
+            set_gpr(vcpu, vmcs, reg, u64::from(v));
+        }
+        MmioOp::Store { reg } => {
+            let v = gpr(vcpu, vmcs, reg) as u32;
+            store(vcpu, v);
+        }
+        MmioOp::StoreImm { value } => store(vcpu, value),
+        MmioOp::Exchange { reg } => {
+            let new = gpr(vcpu, vmcs, reg) as u32;
+            let old = vcpu.lapic.read_mmio(offset, now);
+            store(vcpu, new);
+            set_gpr(vcpu, vmcs, reg, u64::from(old));
+        }
+    }
+    Ok(insn.len)
 }
 
 /// Writes `value`'s low `size` bytes into `reg`, keeping the rest (IN AL/AX/EAX; a 32-bit
@@ -562,6 +644,7 @@ mod tests {
     impl ExitEnv for Env {
         fn host_cpuid(&self, leaf: u32, _sub: u32) -> [u32; 4] {
             match leaf {
+                0 => [0xd, 0, 0, 0],
                 1 => [0x906ea, 0x0010_0800, 0x7ffa_fbbf, 0xbfeb_fbff],
                 0xa => [0x0730_0404, 0, 0, 0x603],
                 _ => [leaf, 0, 0, 0],
@@ -611,14 +694,14 @@ mod tests {
         );
         let r = &vm.vcpus[0].regs.0;
         assert_eq!(r[reg::RAX], 0x906ea);
-        assert_eq!(r[reg::RCX] as u32 & cpuid1::ECX_VMX, 0);
+        assert_eq!(r[reg::RCX] as u32 & cpuid::ecx1::VMX, 0);
         assert_eq!(
-            r[reg::RCX] as u32 & cpuid1::ECX_HYPERVISOR,
-            cpuid1::ECX_HYPERVISOR
+            r[reg::RCX] as u32 & cpuid::ecx1::HYPERVISOR,
+            cpuid::ecx1::HYPERVISOR
         );
-        assert_eq!(r[reg::RCX], 0xe2da_fb97);
+        assert_eq!(r[reg::RCX], 0xc3fa_2203);
         assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0002));
-        vm.vcpus[0].regs.0[reg::RAX] = CPUID_HV_BASE as u64;
+        vm.vcpus[0].regs.0[reg::RAX] = cpuid::HV_BASE as u64;
         handle(&e, &mut vm, 0, &mut vmcs, &mut env);
         let r = &vm.vcpus[0].regs.0;
         assert_eq!(r[reg::RBX] as u32, u32::from_le_bytes(*b"HVpr"));
@@ -649,15 +732,15 @@ mod tests {
         let (e, mut vmcs) = exit(30, 0x0060_0049, 1);
         handle(&e, &mut vm, 0, &mut vmcs, &mut env);
         assert_eq!(vm.vcpus[0].regs.0[reg::RAX], 0x1234_ffff);
-        // OUT to 0x70: dropped, counted.
-        let (e, mut vmcs) = exit(30, 0x0070_0040, 1);
+        // OUT to 0x61: dropped, counted.
+        let (e, mut vmcs) = exit(30, 0x0061_0040, 1);
         handle(&e, &mut vm, 0, &mut vmcs, &mut env);
         assert_eq!(
-            vm.vcpus[0].io,
-            super::super::vcpu::UnmodelledIo {
+            vm.bus.unmodelled,
+            super::super::devices::UnmodelledIo {
                 reads: 1,
                 writes: 1,
-                last_port: 0x70
+                last_port: 0x61
             }
         );
     }
@@ -732,6 +815,69 @@ mod tests {
             Some(0x10_0000),
             "a faulting RDMSR does not advance"
         );
+    }
+
+    /// RDMSR/WRMSR exits of MSR `msr` (value in EDX:EAX for writes).
+    fn msr_exit(vm: &mut Vm, env: &mut Env, write: Option<u64>, msr: u32) -> MockVmcs {
+        let (e, mut vmcs) = exit(if write.is_some() { 32 } else { 31 }, 0, 2);
+        vmcs.fields.insert(GuestNW::Cr0.encoding(), 0x8000_0011);
+        let r = &mut vm.vcpus[0].regs.0;
+        r[reg::RCX] = u64::from(msr);
+        if let Some(v) = write {
+            r[reg::RAX] = v & LOW32;
+            r[reg::RDX] = v >> 32;
+        }
+        handle(&e, vm, 0, &mut vmcs, env);
+        vmcs
+    }
+
+    #[test]
+    fn linux_local_apic_through_msrs_wakes_a_halted_vcpu() {
+        let mut vm = vm();
+        let mut env = Env {
+            tsc: 1000,
+            ..Default::default()
+        };
+        // IA32_APIC_BASE: enabled, x2APIC, BSP.
+        msr_exit(&mut vm, &mut env, None, 0x1b);
+        let r = &vm.vcpus[0].regs.0;
+        assert_eq!((r[reg::RAX], r[reg::RDX]), (0xfee0_0d00, 0));
+        // SVR enable, LVT timer in TSC-deadline mode on vector 0xec, deadline at 5000.
+        msr_exit(&mut vm, &mut env, Some(0x1ff), 0x80f);
+        msr_exit(&mut vm, &mut env, Some(0x4_00ec), 0x832);
+        let vmcs = msr_exit(&mut vm, &mut env, Some(5000), 0x6e0);
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0002), "accepted");
+        assert_eq!(vm.vcpus[0].pending_event, None);
+        assert_eq!(vm.vcpus[0].next_timer_tsc(), Some(5000));
+        // HLT with IF set: halts, the deadline wakes it with 0xec deliverable.
+        let (e, mut vmcs) = exit(12, 0, 1);
+        vmcs.fields.insert(GuestNW::Rflags.encoding(), 0x202);
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert!(vm.vcpus[0].halted);
+        assert!(!vm.vcpus[0].can_never_wake());
+        assert!(!vm.vcpus[0].fire_timer(4999));
+        assert!(vm.vcpus[0].fire_timer(5000));
+        assert!(!vm.vcpus[0].halted);
+        assert_eq!(vm.vcpus[0].lapic.acknowledge(), Some(0xec));
+        // EOI with a non-zero value is #GP in x2APIC mode; 0 is fine.
+        msr_exit(&mut vm, &mut env, Some(1), 0x80b);
+        assert!(vm.vcpus[0].pending_event.is_some(), "#GP");
+        vm.vcpus[0].pending_event = None;
+        let vmcs = msr_exit(&mut vm, &mut env, Some(0), 0x80b);
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0002));
+        assert_eq!(vm.vcpus[0].pending_event, None);
+    }
+
+    #[test]
+    fn acpi_s5_powers_the_vm_off() {
+        let mut vm = vm();
+        let mut env = Env::default();
+        // OUT DX, AL to 0x600 with SLP_TYP=5 | SLP_EN.
+        let (e, mut vmcs) = exit(30, 0x0600_0040, 1);
+        vm.vcpus[0].regs.0[reg::RAX] = 0x34;
+        handle(&e, &mut vm, 0, &mut vmcs, &mut env);
+        assert_eq!(vm.stopped, Some(StopReason::PowerOff));
+        assert_eq!(vm.stopped.map(|r| r.status()), Some(0));
     }
 
     #[test]

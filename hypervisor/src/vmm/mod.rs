@@ -3,18 +3,22 @@
 //! `crate::vmx`; the run loop ([`run`]) exists only on bare metal.
 
 pub mod assign;
+pub mod cpuid;
+pub mod devices;
 pub mod exits;
 pub mod export;
 pub mod grid;
+pub mod lapic;
+pub mod mmio;
 pub mod msrs;
 pub mod pmu;
+pub mod record;
 pub mod ring;
 #[cfg(target_os = "none")]
 pub mod run;
 pub mod sampler;
 #[cfg(target_os = "none")]
 pub mod smp;
-pub mod uart;
 pub mod vcpu;
 
 #[cfg(target_os = "none")]

@@ -8,8 +8,10 @@
 //! the MTRRs, microcode, ...) and raises #GP for every other one.
 //!
 //! Reads: run on the hardware except the VMX capabilities, the PMU, IA32_FEATURE_CONTROL
-//! and x2APIC (which trap and are emulated or #GP); an RDMSR outside the bitmap's ranges
-//! always exits and raises #GP unless listed in [`on_read`].
+//! (which trap and are emulated or #GP) and the local APIC's MSRs (IA32_APIC_BASE,
+//! IA32_TSC_DEADLINE, x2APIC), which the vCPU's APIC model answers, as it does their
+//! writes; an RDMSR outside the bitmap's ranges always exits and raises #GP unless listed
+//! in [`on_read`].
 
 use crate::vmx::bitmap::MsrBitmap;
 use crate::vmx::msr::{Msr, feature_control};
@@ -25,6 +27,8 @@ pub enum MsrAction {
     IgnoreWrite,
     /// #GP(0) in the guest.
     Fault,
+    /// The vCPU's local APIC model answers (IA32_APIC_BASE, IA32_TSC_DEADLINE, x2APIC).
+    Apic,
 }
 
 /// MSRs whose WRMSR runs in the guest: the VMCS loads and saves them on every entry and
@@ -47,9 +51,8 @@ pub const WRITE_ALLOWED: [Msr; 12] = [
 /// Trapped writes that are accepted and dropped: state a guest sets up routinely that the
 /// host owns (TSC, APIC base, microcode, MTRRs, caching, speculation control) or that is
 /// hidden from guests (the PMU).
-const WRITE_IGNORED: [Msr; 10] = [
+const WRITE_IGNORED: [Msr; 8] = [
     Msr::IA32_TIME_STAMP_COUNTER,
-    Msr::IA32_APIC_BASE,
     Msr::IA32_TSC_ADJUST,
     Msr::IA32_SPEC_CTRL,
     Msr::IA32_PRED_CMD,
@@ -57,8 +60,14 @@ const WRITE_IGNORED: [Msr; 10] = [
     Msr::IA32_BIOS_SIGN_ID,
     Msr::IA32_MISC_ENABLE,
     Msr::IA32_DEBUGCTL,
-    Msr::IA32_TSC_DEADLINE,
 ];
+
+/// MSRs of the local APIC: the vCPU's model answers reads and writes.
+fn is_apic(msr: Msr) -> bool {
+    msr == Msr::IA32_APIC_BASE
+        || msr == Msr::IA32_TSC_DEADLINE
+        || within(msr, Msr::IA32_X2APIC_FIRST, Msr::IA32_X2APIC_LAST)
+}
 
 /// Whether `msr` lies in `[first, last]`.
 fn within(msr: Msr, first: Msr, last: Msr) -> bool {
@@ -97,6 +106,9 @@ pub fn msr_bitmap(pat_switched: bool) -> MsrBitmap {
         bm.pass_write(Msr::IA32_PAT);
     }
     bm.trap_read(Msr::IA32_FEATURE_CONTROL);
+    bm.trap_read(Msr::IA32_APIC_BASE);
+    bm.trap_read(Msr::MSR_MISC_FEATURES_ENABLES);
+    bm.trap_read(Msr::IA32_TSC_DEADLINE);
     let read_ranges = PMU_RANGES.into_iter().chain([
         (Msr::IA32_VMX_BASIC, Msr::IA32_VMX_VMFUNC),
         (Msr::IA32_X2APIC_FIRST, Msr::IA32_X2APIC_LAST),
@@ -111,7 +123,9 @@ pub fn msr_bitmap(pat_switched: bool) -> MsrBitmap {
 
 /// What a trapped RDMSR of `msr` does.
 pub fn on_read(msr: Msr) -> MsrAction {
-    if msr == Msr::IA32_FEATURE_CONTROL {
+    if is_apic(msr) {
+        MsrAction::Apic
+    } else if msr == Msr::IA32_FEATURE_CONTROL {
         // Locked, VMX off: the guest sees a CPU without usable VMX.
         MsrAction::Read(feature_control::LOCKED)
     } else if is_pmu(msr) {
@@ -120,7 +134,9 @@ pub fn on_read(msr: Msr) -> MsrAction {
     } else if msr == Msr::IA32_PAT || is_mtrr(msr) || msr == Msr::IA32_MISC_ENABLE {
         MsrAction::ReadHost
     } else {
-        // VMX capabilities, x2APIC and every MSR not known here.
+        // VMX capabilities, MISC_FEATURES_ENABLES (CPUID faulting and ring-3 MWAIT, not
+        // virtualized: Linux probes it with rdmsr_safe and then leaves it alone) and every
+        // MSR not known here.
         MsrAction::Fault
     }
 }
@@ -128,7 +144,9 @@ pub fn on_read(msr: Msr) -> MsrAction {
 /// What a trapped WRMSR of `msr` does: PAT only traps when the VMCS does not switch it,
 /// and then its writes are dropped like the MTRRs'.
 pub fn on_write(msr: Msr) -> MsrAction {
-    if is_pmu(msr) || is_mtrr(msr) || msr == Msr::IA32_PAT || WRITE_IGNORED.contains(&msr) {
+    if is_apic(msr) {
+        MsrAction::Apic
+    } else if is_pmu(msr) || is_mtrr(msr) || msr == Msr::IA32_PAT || WRITE_IGNORED.contains(&msr) {
         MsrAction::IgnoreWrite
     } else {
         MsrAction::Fault
@@ -147,6 +165,7 @@ mod tests {
         assert!(bm.traps_read(Msr::IA32_PERF_GLOBAL_CTRL));
         assert!(bm.traps_read(Msr(0x830)) && bm.traps_write(Msr(0x830)));
         assert!(!bm.traps_read(Msr::IA32_MTRRCAP) && !bm.traps_read(Msr(0x200)));
+        assert!(bm.traps_read(Msr::IA32_APIC_BASE) && bm.traps_read(Msr::IA32_TSC_DEADLINE));
         assert!(bm.traps_write(Msr(0x200)) && bm.traps_write(Msr::IA32_MTRR_DEF_TYPE));
         assert!(!bm.traps_read(Msr::IA32_EFER) && !bm.traps_write(Msr::IA32_EFER));
         for m in WRITE_ALLOWED {
@@ -177,13 +196,16 @@ mod tests {
         assert_eq!(on_read(Msr::IA32_VMX_BASIC), MsrAction::Fault);
         assert_eq!(on_read(Msr::IA32_PMC0), MsrAction::Read(0));
         assert_eq!(on_read(Msr(0x4000_0000)), MsrAction::Fault);
-        assert_eq!(on_read(Msr(0x830)), MsrAction::Fault);
+        assert_eq!(on_read(Msr(0x830)), MsrAction::Apic);
+        assert_eq!(on_read(Msr::MSR_MISC_FEATURES_ENABLES), MsrAction::Fault);
+        assert_eq!(on_read(Msr::IA32_APIC_BASE), MsrAction::Apic);
+        assert_eq!(on_write(Msr::IA32_TSC_DEADLINE), MsrAction::Apic);
         assert_eq!(on_write(Msr::IA32_FEATURE_CONTROL), MsrAction::Fault);
         assert_eq!(on_write(Msr(0x202)), MsrAction::IgnoreWrite);
         assert_eq!(on_write(Msr::IA32_MTRR_FIX4K_F8000), MsrAction::IgnoreWrite);
         assert_eq!(on_write(Msr::IA32_PERFEVTSEL0), MsrAction::IgnoreWrite);
         assert_eq!(on_write(Msr::IA32_SPEC_CTRL), MsrAction::IgnoreWrite);
-        assert_eq!(on_write(Msr(0x830)), MsrAction::Fault);
+        assert_eq!(on_write(Msr(0x830)), MsrAction::Apic);
         assert_eq!(on_write(Msr::MSR_PLATFORM_INFO), MsrAction::Fault);
         assert_eq!(on_write(Msr(0x1234)), MsrAction::Fault);
     }

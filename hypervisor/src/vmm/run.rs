@@ -13,6 +13,7 @@ use core::fmt;
 use loader::BootInfo;
 use loader::cmdline::VmSpec;
 use loader::elf::{EntryKind, SliceMemory};
+use loader::linux::CpuEntry;
 use loader::pvh::{HvmMemmapEntry, StartInfoParams, memmap_type, write_start_info};
 use vmlog::{Header, SamplingSource, VcpuRef, VmInfo};
 
@@ -21,7 +22,7 @@ use crate::arch::{cpu, gdt, interrupts, lapic};
 use crate::power::{self, status};
 use crate::vmx::bitmap::IoBitmaps;
 use crate::vmx::caps::{CapabilitySource, Controls, VmxCaps, VmxUnavailable};
-use crate::vmx::controls::{EntryCtls, ExitCtls, ProcCtls};
+use crate::vmx::controls::{EntryCtls, ExitCtls, Proc2Ctls, ProcCtls};
 use crate::vmx::entry::{EnterError, GuestRegs, reg, vmexit_landing};
 use crate::vmx::ept::{Ept, PAGE_SIZE, perm};
 use crate::vmx::exit::{ExitReason, InterruptionInfo, InterruptionType};
@@ -34,13 +35,17 @@ use crate::vmx::root::{VmcsRegion, VmxOnError, VmxRoot};
 use crate::vmx::vmcs::{Control32, Guest32, Vmcs};
 use crate::{console, memory, println, time};
 
+use super::devices::PortBus;
 use super::exits::{ExitEnv, Outcome, VmExit, handle, interrupt_window_open};
 use super::export::Exporter;
 use super::msrs;
 use super::pmu::{PmuHw, PmuSampler, PmuState};
+use super::record::RecordBuffer;
 use super::sampler::{DRAIN_AT, GuestId, PcpuState};
 use super::smp::{PCPUS, quiesce_aps, start_aps};
-use super::vcpu::{GuestEntry, HostState, StopReason, Vcpu, Vm, VmcsAddrs, setup_vmcs};
+use super::vcpu::{
+    GuestEntry, GuestRam, HostState, StopReason, Vcpu, Vm, VmCpu, VmcsAddrs, setup_vmcs,
+};
 
 /// The boot pCPU's sampling state and ring.
 static PCPU0: &PcpuState = &PCPUS[0];
@@ -49,6 +54,9 @@ static PCPU0: &PcpuState = &PCPUS[0];
 const SLICE_MS: u64 = 10;
 /// Guest-physical page for the hvm_start_info when the image leaves it free.
 const START_INFO_GPA: u64 = 0x1000;
+/// The guests' CMOS clock reads this at VM start (2026-01-01 00:00:00 UTC): the hypervisor
+/// keeps no wall clock of its own yet.
+const GUEST_CLOCK_START_UNIX: u64 = 1_767_225_600;
 /// Guest RAM alignment in bytes: 2 MiB. EPT maps guest RAM with 4 KiB pages only; the
 /// alignment just keeps the door open for 2 MiB EPT pages.
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
@@ -130,7 +138,122 @@ fn host_state() -> HostState {
     }
 }
 
-/// Builds one VM: guest RAM, the guest image, hvm_start_info, EPT, bitmaps, one VMCS.
+/// Whether a VM boots as Linux: its module is a bzImage, or it has an initrd or a guest
+/// command line (docs/contracts.md, "Guests"). Linux gets ACPI tables, the PC memory map
+/// and the boot protocol of its image; other ELF guests get a bare hvm_start_info.
+fn is_linux(spec: &VmSpec<'_>, module: &loader::multiboot2::Module<'_>, image: &[u8]) -> bool {
+    spec.initrd.is_some()
+        || !module.args().is_empty()
+        || loader::linux::SetupHeader::parse(image).is_ok()
+}
+
+/// Loads a Linux kernel (PVH vmlinux or bzImage), its initrd, command line and ACPI tables.
+fn load_linux_guest(
+    spec: &VmSpec<'static>,
+    boot: &BootInfo<'static>,
+    cmdline: &str,
+    image: &[u8],
+    ram: &mut [u8],
+) -> (GuestEntry, GuestRegs) {
+    let name = spec.name;
+    let initrd = spec.initrd.map(|m| {
+        let module = boot.module(m).unwrap_or_else(|| {
+            fatal(format_args!(
+                "vm {name}: no boot module named `{m}` (its initrd)"
+            ))
+        });
+        crate::boot::module_bytes(module)
+    });
+    let params = loader::linux::LinuxParams {
+        kernel: image,
+        initrd,
+        cmdline,
+        vcpus: 1,
+    };
+    let loaded = loader::linux::load_linux(&params, ram)
+        .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
+    println!(
+        "hv: vm {name}: Linux {:?} kernel{}, initrd {} bytes, command line `{cmdline}`",
+        loaded.kind,
+        loaded
+            .kernel_version
+            .map(|v| alloc::format!(" {v}"))
+            .unwrap_or_default(),
+        initrd.map_or(0, |i| i.len())
+    );
+    let mut regs = GuestRegs::default();
+    let entry = match loaded.entry {
+        CpuEntry::Protected32 { rip, rbx } => {
+            regs.0[reg::RBX] = rbx;
+            GuestEntry::Protected32 { rip }
+        }
+        CpuEntry::Long64 {
+            rip,
+            rsi,
+            cr3,
+            gdt_base,
+            gdt_limit,
+        } => {
+            regs.0[reg::RSI] = rsi;
+            GuestEntry::Long64 {
+                rip,
+                cr3,
+                gdt_base,
+                gdt_limit,
+            }
+        }
+    };
+    (entry, regs)
+}
+
+/// Loads a bare ELF guest (the ground-truth guest) with an hvm_start_info holding only the
+/// memory map.
+fn load_pvh_guest(
+    name: &str,
+    image: &[u8],
+    ram: &mut [u8],
+    mem_bytes: u64,
+) -> (GuestEntry, GuestRegs) {
+    let loaded = loader::elf::load(image, &mut SliceMemory(&mut *ram))
+        .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
+    let si = if loaded.low >= START_INFO_GPA + PAGE_SIZE || loaded.high <= START_INFO_GPA {
+        START_INFO_GPA
+    } else {
+        (loaded.high + PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+    };
+    let memmap = [HvmMemmapEntry {
+        addr: 0,
+        size: mem_bytes,
+        kind: memmap_type::RAM,
+        reserved: 0,
+    }];
+    let params = StartInfoParams {
+        memmap: &memmap,
+        modules: &[],
+        cmdline: "",
+        rsdp_paddr: 0,
+    };
+    let layout = ram
+        .get_mut(si as usize..(si + PAGE_SIZE) as usize)
+        .ok_or("guest RAM too small for the start info")
+        .and_then(|buf| write_start_info(buf, si, &params).map_err(|_| "start info does not fit"))
+        .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
+    println!(
+        "hv: vm {name}: ELF guest, entry {:#x} ({}), start info at {:#x}",
+        loaded.entry,
+        if loaded.entry_kind == EntryKind::Pvh {
+            "PVH note"
+        } else {
+            "e_entry"
+        },
+        layout.start_info
+    );
+    let mut regs = GuestRegs::default();
+    regs.0[reg::RBX] = layout.start_info;
+    (GuestEntry::Protected32 { rip: loaded.entry }, regs)
+}
+
+/// Builds one VM: guest RAM, the guest image and its boot data, EPT, bitmaps, one VMCS.
 fn build_vm(
     id: u16,
     spec: &VmSpec<'static>,
@@ -157,30 +280,12 @@ fn build_vm(
     });
     let ram_base = ram_frames.pa();
     let ram = ram_frames.bytes();
-    let loaded = loader::elf::load(image, &mut SliceMemory(&mut *ram))
-        .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
-    let si = if loaded.low >= START_INFO_GPA + PAGE_SIZE || loaded.high <= START_INFO_GPA {
-        START_INFO_GPA
+    let linux = is_linux(spec, module, image);
+    let (entry, first_regs) = if linux {
+        load_linux_guest(spec, boot, module.args(), image, ram)
     } else {
-        (loaded.high + PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+        load_pvh_guest(name, image, ram, mem_bytes)
     };
-    let memmap = [HvmMemmapEntry {
-        addr: 0,
-        size: mem_bytes,
-        kind: memmap_type::RAM,
-        reserved: 0,
-    }];
-    let params = StartInfoParams {
-        memmap: &memmap,
-        modules: &[],
-        cmdline: "",
-        rsdp_paddr: 0,
-    };
-    let layout = ram
-        .get_mut(si as usize..(si + PAGE_SIZE) as usize)
-        .ok_or("guest RAM too small for the start info")
-        .and_then(|buf| write_start_info(buf, si, &params).map_err(|_| "start info does not fit"))
-        .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
 
     // EPT: guest-physical 0..mem -> the guest's frames; nothing of the hypervisor.
     let mut tables = IdentityTables {
@@ -228,10 +333,6 @@ fn build_vm(
         msr_bitmap: msr_bitmap.pa(),
         eptp: ept.eptp(),
     };
-    let entry = GuestEntry {
-        rip: loaded.entry,
-        start_info: layout.start_info,
-    };
     setup_vmcs(
         &mut CurrentVmcs,
         caps,
@@ -244,23 +345,29 @@ fn build_vm(
     .unwrap_or_else(|e| fatal(format_args!("vm {name}: {e}")));
     let mut vcpu = Vcpu::new(0, vpid, vmcs.pa());
     vcpu.cr4_allowed = caps.guest_cr4_allowed();
-    vcpu.regs = GuestRegs::default();
-    vcpu.regs.0[reg::RBX] = layout.start_info;
+    vcpu.cr0_shadow = entry.cr0();
+    vcpu.cr4_shadow = entry.cr4();
+    vcpu.regs = first_regs;
     println!(
-        "hv: vm {name}: {} MiB at host {ram_base:#x}, entry {:#x} ({}), start info at {:#x}, vpid {vpid}, ept {} pages in {} tables",
+        "hv: vm {name}: {} MiB at host {ram_base:#x}, entry {:#x} ({}), vpid {vpid}, ept {} pages in {} tables",
         spec.mem_mb,
-        loaded.entry,
-        if loaded.entry_kind == EntryKind::Pvh {
-            "PVH note"
-        } else {
-            "e_entry"
+        entry.rip(),
+        match entry {
+            GuestEntry::Protected32 { .. } => "32-bit protected mode",
+            GuestEntry::Long64 { .. } => "64-bit mode",
         },
-        layout.start_info,
         ept.mapped_pages(),
         ept.table_frames().len()
     );
     let mut vm = Vm::new(id, name);
+    vm.bus = PortBus::new(GUEST_CLOCK_START_UNIX, cpu::rdtsc(), time::tsc_hz());
+    vm.cpu = VmCpu {
+        vcpus: 1,
+        rdtscp: ctl.proc2 & Proc2Ctls::ENABLE_RDTSCP.bits() != 0,
+        invpcid: ctl.proc2 & Proc2Ctls::ENABLE_INVPCID.bits() != 0,
+    };
     vm.vcpus.push(vcpu);
+    vm.ram = GuestRam::Host(ram_frames);
     (vm, vmcs)
 }
 
@@ -312,8 +419,42 @@ fn host_tick(frame: &mut InterruptFrame) {
     }
 }
 
-fn com2(bytes: &[u8]) {
+fn com2_direct(bytes: &[u8]) {
     let _ = console::log_port_write(bytes);
+}
+
+/// Record mode's buffer (see [`super::record`]); `None` when no memory could be spared,
+/// and the log then goes straight to COM2.
+static RECORD: spin::Mutex<Option<RecordBuffer<'static>>> = spin::Mutex::new(None);
+
+/// The exporter's writer: into the record buffer.
+fn com2(bytes: &[u8]) {
+    match RECORD.lock().as_mut() {
+        Some(r) => r.push(bytes, com2_direct),
+        None => com2_direct(bytes),
+    }
+}
+
+/// Record buffer size: 16 MiB holds about 6 million samples at the 2.5 bytes a sample the
+/// log takes (hours at 1 kHz); smaller when the machine cannot spare it.
+const RECORD_BYTES: [u64; 3] = [16 << 20, 4 << 20, 1 << 20];
+/// Bytes written out per idle-loop step: one UART FIFO, about 1.4 ms at 115200 baud.
+const IDLE_FLUSH_CHUNK: usize = 16;
+
+fn start_record_mode() {
+    for bytes in RECORD_BYTES {
+        if let Some(frames) = HostFrames::alloc_zeroed(bytes / PAGE_SIZE, PAGE_SIZE) {
+            let frames: &'static mut HostFrames =
+                alloc::boxed::Box::leak(alloc::boxed::Box::new(frames));
+            *RECORD.lock() = Some(RecordBuffer::new(frames.bytes()));
+            println!(
+                "hv: record mode: {} MiB log buffer; written out while every vCPU idles and at the stop",
+                bytes >> 20
+            );
+            return;
+        }
+    }
+    println!("hv: record mode off: no memory for a log buffer; the log goes straight to COM2");
 }
 
 /// How the slots got their samples, and the exits sampling caused.
@@ -330,6 +471,8 @@ struct SamplingStats {
     entry_samples: u64,
     /// Host samples taken by the idle loop (every vCPU halted).
     idle_samples: u64,
+    /// Bytes of recorded log the idle loop wrote out.
+    idle_flushed: u64,
 }
 
 struct Runner {
@@ -384,7 +527,7 @@ impl Runner {
             if self.run_until.is_some_and(|t| now >= t) {
                 for vm in self.vms.iter_mut().filter(|vm| vm.stopped.is_none()) {
                     vm.stopped = Some(StopReason::RunTimeOver);
-                    report_stop(vm);
+                    report_stop(vm, None);
                 }
                 self.finish("run_ms elapsed");
             }
@@ -413,7 +556,7 @@ impl Runner {
                     for vm in self.vms.iter_mut().filter(|vm| vm.stopped.is_none()) {
                         if vm.vcpus.iter().all(|c| c.can_never_wake()) {
                             vm.stopped = Some(StopReason::HaltedForever);
-                            report_stop(vm);
+                            report_stop(vm, None);
                         }
                     }
                     PCPU0.set_halted();
@@ -445,7 +588,7 @@ impl Runner {
             .iter()
             .filter(|vm| vm.stopped.is_none())
             .flat_map(|vm| vm.vcpus.iter())
-            .filter_map(|c| c.timer.map(|t| t.deadline_tsc))
+            .filter_map(|c| c.next_timer_tsc())
             .min();
         interrupts::enable();
         loop {
@@ -461,6 +604,18 @@ impl Runner {
             let wake = next_timer.into_iter().chain(self.run_until).min();
             if wake.is_none_or(|w| now >= w) {
                 return;
+            }
+            // Time no guest wants: write out some of the recorded log, a chunk that ends
+            // well before the next guest timer.
+            let chunk_tsc = self.tsc_hz / 500;
+            if wake.is_some_and(|w| w - now > chunk_tsc)
+                && let Some(r) = RECORD.lock().as_mut()
+            {
+                let n = r.flush_some(IDLE_FLUSH_CHUNK, com2_direct);
+                self.stats.idle_flushed += n as u64;
+                if n > 0 {
+                    continue;
+                }
             }
             core::hint::spin_loop();
         }
@@ -525,7 +680,7 @@ impl Runner {
                     fail,
                     rip,
                 });
-                report_stop(vm);
+                report_stop(vm, Some(j));
                 return;
             }
             vcpu.launched = true;
@@ -597,7 +752,7 @@ impl Runner {
             vcpu.exits.record(basic, cpu::rdtsc().wrapping_sub(t_exit));
             PCPU0.set_running();
             if vm.stopped.is_some() {
-                report_stop(vm);
+                report_stop(vm, Some(j));
                 return;
             }
             if vcpu.halted {
@@ -635,6 +790,17 @@ impl Runner {
             } else {
                 want_window = true;
             }
+        } else if vcpu.lapic.deliverable().is_some() {
+            // The local APIC's highest-priority request goes in when the guest can take it:
+            // acknowledging moves it from IRR to ISR, as the CPU's INTA cycle would.
+            if interrupt_window_open(&vmcs) {
+                if let Some(v) = vcpu.lapic.acknowledge() {
+                    let info = InterruptionInfo::new(InterruptionType::External, v, false);
+                    let _ = vmcs.write(Control32::EntryInterruptionInfo, info.0 as u64);
+                }
+            } else {
+                want_window = true;
+            }
         }
         if want_window != vcpu.window_exiting {
             let proc = self.ctl.proc
@@ -647,8 +813,8 @@ impl Runner {
             vcpu.window_exiting = want_window;
         }
         let mut deadline = slice_end;
-        if let Some(t) = vcpu.timer {
-            deadline = deadline.min(t.deadline_tsc);
+        if let Some(t) = vcpu.next_timer_tsc() {
+            deadline = deadline.min(t);
         }
         if let Some(t) = PCPU0.grid.next_unclaimed_start() {
             deadline = deadline.min(t);
@@ -667,9 +833,10 @@ impl Runner {
             println!("hv: {stopped} of {aps} AP(s) quiesced (VMXOFF, timer off, halted)");
         }
         for vm in self.vms.iter_mut() {
-            if let Some(line) = vm.uart.flush() {
+            if let Some(line) = vm.bus.uart.flush() {
                 println!("[{}] {}", vm.name, Lossy(line));
             }
+            print_unmodelled_io(vm);
             for (k, vcpu) in vm.vcpus.iter().enumerate() {
                 print_exits(vm.name, k, vcpu);
                 let who = VcpuRef {
@@ -692,6 +859,16 @@ impl Runner {
             );
         }
         self.exporter.end(end_tsc);
+        if let Some(r) = RECORD.lock().as_mut() {
+            println!(
+                "hv: record mode: {} bytes written out while idle, {} at the stop, largest backlog {} bytes, {} forced flushes (buffer full)",
+                self.stats.idle_flushed,
+                r.pending(),
+                r.high_water,
+                r.forced_flushes
+            );
+            r.flush_all(com2_direct);
+        }
         let load =
             |a: &core::sync::atomic::AtomicU64| a.load(core::sync::atomic::Ordering::Relaxed);
         let host = load(&PCPU0.host_samples);
@@ -752,9 +929,60 @@ impl Runner {
     }
 }
 
-fn report_stop(vm: &Vm) {
-    if let Some(r) = vm.stopped {
-        println!("hv: vm {} stopped: {r}", vm.name);
+/// Prints why `vm` stopped; `current`: the vCPU whose VMCS is the current one (its guest
+/// state is printed too when the stop was not asked for).
+fn report_stop(vm: &Vm, current: Option<usize>) {
+    let Some(r) = vm.stopped else { return };
+    println!("hv: vm {} stopped: {r}", vm.name);
+    let clean = matches!(
+        r,
+        StopReason::Requested { .. } | StopReason::PowerOff | StopReason::RunTimeOver
+    );
+    if !clean {
+        // A stop the guest did not ask for: its state, for the report. The VMCS of the
+        // vCPU that stopped is the current one.
+        for (k, vcpu) in vm.vcpus.iter().enumerate() {
+            print_guest_state(vm.name, k, vcpu, current == Some(k));
+        }
+    }
+}
+
+/// General-purpose registers of a stopped vCPU, and its control registers and RSP/RFLAGS
+/// from the current VMCS.
+fn print_guest_state(name: &str, k: usize, vcpu: &Vcpu, vmcs_current: bool) {
+    use crate::vmx::vmcs::GuestNW;
+    let r = &vcpu.regs.0;
+    println!(
+        "hv: vm {name} vcpu {k} regs: rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x} r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x}",
+        r[reg::RAX],
+        r[reg::RBX],
+        r[reg::RCX],
+        r[reg::RDX],
+        r[reg::RSI],
+        r[reg::RDI],
+        r[reg::RBP],
+        r[reg::R8],
+        r[reg::R9],
+        r[reg::R10],
+        r[reg::R11],
+        r[reg::R12],
+        r[reg::R13],
+        r[reg::R14],
+        r[reg::R15]
+    );
+    let v = CurrentVmcs;
+    if vmcs_current {
+        println!(
+            "hv: vm {name} vcpu {k} state: rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} last exit {:?}",
+            v.read(GuestNW::Rip),
+            v.read(GuestNW::Rsp),
+            v.read(GuestNW::Rflags),
+            v.read(GuestNW::Cr0),
+            v.read(GuestNW::Cr3),
+            v.read(GuestNW::Cr4),
+            v.read(crate::vmx::vmcs::Guest64::Ia32Efer),
+            vcpu.last_exit
+        );
     }
 }
 
@@ -769,11 +997,14 @@ fn print_exits(name: &str, k: usize, vcpu: &Vcpu) {
         );
     }
     println!("hv: vm {name} vcpu {k} exits:{}", line);
-    let io = vcpu.io;
+}
+
+fn print_unmodelled_io(vm: &Vm) {
+    let io = vm.bus.unmodelled;
     if io.reads + io.writes > 0 {
         println!(
-            "hv: vm {name} vcpu {k} unmodelled I/O: {} reads (all-ones), {} writes (dropped), last port {:#x}",
-            io.reads, io.writes, io.last_port
+            "hv: vm {} unmodelled I/O: {} reads (all-ones), {} writes (dropped), last port {:#x}",
+            vm.name, io.reads, io.writes, io.last_port
         );
     }
 }
@@ -849,6 +1080,7 @@ pub fn start(boot: &'static BootInfo<'static>) -> ! {
         }
         PmuState::Off => {}
     }
+    start_record_mode();
     let mut exporter: Exporter<fn(&[u8])> = Exporter::new(com2 as fn(&[u8]), period_tsc);
     let infos: Vec<VmInfo<'static>> = vms
         .iter()

@@ -9,13 +9,17 @@ use core::fmt;
 use crate::vmx::caps::{Controls, VmxCaps};
 use crate::vmx::entry::GuestRegs;
 use crate::vmx::exit::{ExitReason, InterruptionInfo, MAX_EXIT_REASON};
+use crate::vmx::msr::efer;
 use crate::vmx::vmcs::{
     Control16, Control32, Control64, ControlNW, Guest16, Guest32, Guest64, GuestNW, Host16, Host32,
     Host64, HostNW, VmFail, Vmcs, VmcsWriteError, access_rights as ar,
 };
-use crate::vmx::{cr0, dr7, rflags};
+use crate::vmx::{cr0, cr4, dr7, rflags};
 
-use super::uart::Uart16550;
+use super::devices::PortBus;
+use super::lapic::{Lapic, TimerClock};
+use super::mmio::MmioError;
+use crate::vmx::hostmem::HostFrames;
 
 /// Why a VM stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +65,17 @@ pub enum StopReason {
     Unsupported {
         what: &'static str,
         rip: u64,
+    },
+    /// The guest powered itself off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a reset (ACPI reset register); restarting a VM is not supported,
+    /// so it stops.
+    Reset,
+    /// A guest access to emulated MMIO that could not be emulated.
+    Mmio {
+        gpa: u64,
+        rip: u64,
+        error: MmioError,
     },
     /// The host's run_ms elapsed.
     RunTimeOver,
@@ -121,6 +136,16 @@ impl fmt::Display for StopReason {
                 "unhandled exit reason {reason} ({}) qualification {qualification:#x} rip {rip:#x}",
                 name(reason)
             ),
+            StopReason::PowerOff => f.write_str("powered off (ACPI S5)"),
+            StopReason::Reset => {
+                f.write_str("reset requested (ACPI reset register); VMs are not restarted")
+            }
+            StopReason::Mmio { gpa, rip, error } => {
+                write!(
+                    f,
+                    "MMIO at guest-physical {gpa:#x} from rip {rip:#x}: {error}"
+                )
+            }
             StopReason::RunTimeOver => f.write_str("run_ms elapsed"),
             StopReason::HaltedForever => {
                 f.write_str("halted with no timer set (nothing can wake it)")
@@ -134,7 +159,7 @@ impl StopReason {
     pub fn status(&self) -> u64 {
         match self {
             StopReason::Requested { status } => *status,
-            StopReason::RunTimeOver => 0,
+            StopReason::RunTimeOver | StopReason::PowerOff => 0,
             _ => 1,
         }
     }
@@ -191,14 +216,6 @@ pub struct GuestTimer {
     pub vector: u8,
 }
 
-/// I/O the hypervisor does not model: reads see all-ones, writes are dropped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UnmodelledIo {
-    pub reads: u64,
-    pub writes: u64,
-    pub last_port: u16,
-}
-
 /// An event to inject at the next VM entry (SDM 26.6): its interruption information, the
 /// error code (used when the info says so) and, for software interrupts and exceptions,
 /// the length of the instruction that raised it.
@@ -241,7 +258,8 @@ pub struct Vcpu {
     /// The last exit that was not a sampling interrupt.
     pub last_exit: Option<u16>,
     pub exits: ExitCounters,
-    pub io: UnmodelledIo,
+    /// Its local APIC (x2APIC mode from reset; see [`Lapic`]).
+    pub lapic: Lapic,
     /// Guest-owned CR0/CR4 bits as the guest last wrote them (the read shadows).
     pub cr0_shadow: u64,
     pub cr4_shadow: u64,
@@ -267,7 +285,7 @@ impl Vcpu {
             pending_event: None,
             last_exit: None,
             exits: ExitCounters::default(),
-            io: UnmodelledIo::default(),
+            lapic: Lapic::new(u32::from(index), LAPIC_CLOCK),
             cr0_shadow: PVH_CR0,
             cr4_shadow: 0,
             window_exiting: false,
@@ -275,37 +293,91 @@ impl Vcpu {
         }
     }
 
-    /// Fires the guest timer if its deadline is at or before `now`: the vector is queued
-    /// for injection, and a halted vCPU wakes if it can take the interrupt (as the HLT
-    /// handler decides; else the vector stays pending). Returns whether it fired.
+    /// Fires the timers whose deadline is at or before `now`: the paravirtual timer queues
+    /// its vector, the local APIC's timer sets its vector in IRR. A halted vCPU wakes if it
+    /// can take the interrupt (as the HLT handler decides; else it stays pending). Returns
+    /// whether a timer fired.
     pub fn fire_timer(&mut self, now: u64) -> bool {
-        match self.timer {
-            Some(t) if now >= t.deadline_tsc => {
-                self.timer = None;
-                self.pending_vector = Some(t.vector);
-                if self.halted_interruptible {
-                    self.halted = false;
-                }
-                true
-            }
-            _ => false,
+        let mut fired = false;
+        if let Some(t) = self.timer
+            && now >= t.deadline_tsc
+        {
+            self.timer = None;
+            self.pending_vector = Some(t.vector);
+            fired = true;
+        }
+        if self.lapic.next_timer_tsc().is_some_and(|t| now >= t) {
+            self.lapic.tick(now);
+            fired = true;
+        }
+        if fired && self.halted_interruptible && self.interrupt_waiting() {
+            self.halted = false;
+        }
+        fired
+    }
+
+    /// Whether an interrupt waits for the vCPU: a queued vector or event, or one its local
+    /// APIC would deliver now.
+    pub fn interrupt_waiting(&self) -> bool {
+        self.pending_vector.is_some() || self.pending_event.is_some() || self.lapic.wants_wakeup()
+    }
+
+    /// The earliest armed timer (paravirtual or local APIC), as a host TSC value.
+    pub fn next_timer_tsc(&self) -> Option<u64> {
+        let pv = self.timer.map(|t| t.deadline_tsc);
+        match (pv, self.lapic.next_timer_tsc()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
-    /// Halted for good: no timer armed, and no pending vector it could take.
+    /// Halted for good: no timer armed, and no pending interrupt it could take.
     pub fn can_never_wake(&self) -> bool {
         self.halted
-            && self.timer.is_none()
-            && (self.pending_vector.is_none() && self.pending_event.is_none()
-                || !self.halted_interruptible)
+            && self.next_timer_tsc().is_none()
+            && (!self.interrupt_waiting() || !self.halted_interruptible)
     }
+}
+
+/// A VM's RAM (guest-physical 0 up), as the hypervisor reads it for instruction fetches.
+pub enum GuestRam {
+    /// Not recorded (nothing reads it).
+    None,
+    /// Frames of the host.
+    Host(HostFrames),
+    /// A buffer of host memory standing in for it in tests.
+    #[cfg(test)]
+    Test(Vec<u8>),
+}
+
+impl GuestRam {
+    pub fn bytes(&mut self) -> &mut [u8] {
+        match self {
+            GuestRam::None => &mut [],
+            GuestRam::Host(f) => f.bytes(),
+            #[cfg(test)]
+            GuestRam::Test(v) => v,
+        }
+    }
+}
+
+/// VM-wide facts guest CPUID reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmCpu {
+    pub vcpus: u32,
+    /// RDTSCP / INVPCID work in the guest (their VM-execution controls are on).
+    pub rdtscp: bool,
+    pub invpcid: bool,
 }
 
 /// One VM.
 pub struct Vm {
     pub id: u16,
     pub name: &'static str,
-    pub uart: Uart16550,
+    /// Its port devices (console UART, ACPI power management, CMOS clock).
+    pub bus: PortBus,
+    pub ram: GuestRam,
+    pub cpu: VmCpu,
     pub vcpus: Vec<Vcpu>,
     pub stopped: Option<StopReason>,
 }
@@ -315,12 +387,22 @@ impl Vm {
         Vm {
             id,
             name,
-            uart: Uart16550::default(),
+            bus: PortBus::new(0, 0, 1),
+            ram: GuestRam::None,
+            cpu: VmCpu {
+                vcpus: 1,
+                rdtscp: false,
+                invpcid: false,
+            },
             vcpus: Vec::new(),
             stopped: None,
         }
     }
 }
+
+/// The local APIC timer's input clock: the TSC, which guest CPUID reports as the crystal
+/// clock (leaf 0x15), so Linux's LAPIC timer period matches what the model counts.
+const LAPIC_CLOCK: TimerClock = TimerClock::TSC;
 
 /// CR0 a PVH guest starts with: protected mode, paging off (ET is hard-wired to 1).
 pub const PVH_CR0: u64 = cr0::PE | cr0::ET;
@@ -368,13 +450,61 @@ pub struct VmcsAddrs {
     pub eptp: u64,
 }
 
-/// Where the guest starts.
+/// Where and in which CPU mode the guest starts. General-purpose registers (EBX for PVH,
+/// RSI for Linux's 64-bit boot protocol) are not in the VMCS: the caller sets them in
+/// [`Vcpu::regs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuestEntry {
-    pub rip: u64,
-    /// Guest-physical address of the hvm_start_info (goes to EBX).
-    pub start_info: u64,
+pub enum GuestEntry {
+    /// PVH: 32-bit protected mode, paging off, flat 4 GiB CS/DS.
+    Protected32 { rip: u64 },
+    /// Linux 64-bit boot protocol: IA-32e mode with the identity page tables at `cr3` and a
+    /// GDT in guest memory whose selector 0x10 is 64-bit code and 0x18 data.
+    Long64 {
+        rip: u64,
+        cr3: u64,
+        gdt_base: u64,
+        gdt_limit: u16,
+    },
 }
+
+impl GuestEntry {
+    pub fn rip(&self) -> u64 {
+        match *self {
+            GuestEntry::Protected32 { rip } | GuestEntry::Long64 { rip, .. } => rip,
+        }
+    }
+
+    /// CR0 as the guest believes it starts (the read shadow).
+    pub fn cr0(&self) -> u64 {
+        match self {
+            GuestEntry::Protected32 { .. } => PVH_CR0,
+            GuestEntry::Long64 { .. } => LONG64_CR0,
+        }
+    }
+
+    /// CR4 as the guest believes it starts.
+    pub fn cr4(&self) -> u64 {
+        match self {
+            GuestEntry::Protected32 { .. } => 0,
+            GuestEntry::Long64 { .. } => cr4::PAE,
+        }
+    }
+
+    /// IA32_EFER at entry: LME and LMA in IA-32e mode (SDM 26.3.1.1 wants LMA equal to the
+    /// "IA-32e mode guest" entry control).
+    pub fn efer(&self) -> u64 {
+        match self {
+            GuestEntry::Protected32 { .. } => 0,
+            GuestEntry::Long64 { .. } => efer::LME | efer::LMA,
+        }
+    }
+}
+
+/// CR0 of a vCPU entered in 64-bit mode: protected mode and paging on.
+pub const LONG64_CR0: u64 = cr0::PE | cr0::ET | cr0::PG;
+/// Access rights of a 64-bit code segment: [`ar::CODE32`] with L set and D clear
+/// (SDM 26.3.1.2: L and D both set is invalid).
+pub const CODE64_ACCESS_RIGHTS: u64 = (ar::CODE32 | ar::LONG_MODE) & !ar::DEFAULT_BIG;
 
 /// Why a host-state field would make VM entry fail; checked before the first entry so the
 /// error is ours, not a VMfail number.
@@ -422,7 +552,13 @@ pub fn setup_vmcs(
     vmcs.write(Control32::ProcBasedControls, ctl.proc as u64)?;
     vmcs.write(Control32::ProcBasedControls2, ctl.proc2 as u64)?;
     vmcs.write(Control32::ExitControls, ctl.exit as u64)?;
-    vmcs.write(Control32::EntryControls, ctl.entry as u64)?;
+    let long_mode = matches!(entry, GuestEntry::Long64 { .. });
+    let entry_ctls = if long_mode {
+        ctl.entry | crate::vmx::controls::EntryCtls::IA32E_MODE_GUEST.bits()
+    } else {
+        ctl.entry
+    };
+    vmcs.write(Control32::EntryControls, entry_ctls as u64)?;
     vmcs.write(Control32::ExceptionBitmap, 0)?;
     vmcs.write(Control32::PageFaultErrorCodeMask, 0)?;
     vmcs.write(Control32::PageFaultErrorCodeMatch, 0)?;
@@ -437,12 +573,12 @@ pub fn setup_vmcs(
     vmcs.write(Control64::MsrBitmap, addrs.msr_bitmap)?;
     vmcs.write(Control64::Eptp, addrs.eptp)?;
     vmcs.write(Control64::TscOffset, 0)?;
-    let (guest_cr0, cr0_mask) = caps.guest_cr0(PVH_CR0);
-    let (guest_cr4, cr4_mask) = caps.guest_cr4(0);
+    let (guest_cr0, cr0_mask) = caps.guest_cr0(entry.cr0());
+    let (guest_cr4, cr4_mask) = caps.guest_cr4(entry.cr4());
     vmcs.write(ControlNW::Cr0GuestHostMask, cr0_mask)?;
-    vmcs.write(ControlNW::Cr0ReadShadow, PVH_CR0)?;
+    vmcs.write(ControlNW::Cr0ReadShadow, entry.cr0())?;
     vmcs.write(ControlNW::Cr4GuestHostMask, cr4_mask)?;
-    vmcs.write(ControlNW::Cr4ReadShadow, 0)?;
+    vmcs.write(ControlNW::Cr4ReadShadow, entry.cr4())?;
 
     // Host state (SDM 27.2.2-27.2.4).
     vmcs.write(HostNW::Cr0, host.cr0)?;
@@ -470,13 +606,22 @@ pub fn setup_vmcs(
     vmcs.write(HostNW::Rip, host.rip)?;
     // HOST_RSP is written by the entry code on every entry.
 
-    // Guest state (SDM 26.3.1): flat 32-bit segments.
+    // Guest state (SDM 26.3.1): flat segments, 32-bit or (CS only) 64-bit.
+    let (cr3, gdt_base, gdt_limit, code_rights) = match entry {
+        GuestEntry::Protected32 { .. } => (0, 0, 0, ar::CODE32),
+        GuestEntry::Long64 {
+            cr3,
+            gdt_base,
+            gdt_limit,
+            ..
+        } => (cr3, gdt_base, u64::from(gdt_limit), CODE64_ACCESS_RIGHTS),
+    };
     vmcs.write(GuestNW::Cr0, guest_cr0)?;
-    vmcs.write(GuestNW::Cr3, 0)?;
+    vmcs.write(GuestNW::Cr3, cr3)?;
     vmcs.write(GuestNW::Cr4, guest_cr4)?;
     vmcs.write(GuestNW::Dr7, dr7::INIT)?;
     vmcs.write(GuestNW::Rsp, 0)?;
-    vmcs.write(GuestNW::Rip, entry.rip)?;
+    vmcs.write(GuestNW::Rip, entry.rip())?;
     vmcs.write(GuestNW::Rflags, rflags::FIXED)?;
     let segs = [
         (
@@ -485,7 +630,7 @@ pub fn setup_vmcs(
             Guest32::CsAccessRights,
             GuestNW::CsBase,
             PVH_CODE_SELECTOR,
-            ar::CODE32,
+            code_rights,
         ),
         (
             Guest16::SsSelector,
@@ -542,8 +687,8 @@ pub fn setup_vmcs(
     vmcs.write(Guest32::LdtrLimit, 0)?;
     vmcs.write(Guest32::LdtrAccessRights, ar::UNUSABLE)?;
     vmcs.write(GuestNW::LdtrBase, 0)?;
-    vmcs.write(Guest32::GdtrLimit, 0)?;
-    vmcs.write(GuestNW::GdtrBase, 0)?;
+    vmcs.write(Guest32::GdtrLimit, gdt_limit)?;
+    vmcs.write(GuestNW::GdtrBase, gdt_base)?;
     vmcs.write(Guest32::IdtrLimit, 0)?;
     vmcs.write(GuestNW::IdtrBase, 0)?;
     vmcs.write(Guest32::InterruptibilityState, 0)?;
@@ -554,7 +699,7 @@ pub fn setup_vmcs(
     vmcs.write(GuestNW::Ia32SysenterEip, 0)?;
     vmcs.write(Guest64::VmcsLinkPointer, u64::MAX)?;
     vmcs.write(Guest64::Ia32Debugctl, 0)?;
-    vmcs.write(Guest64::Ia32Efer, 0)?;
+    vmcs.write(Guest64::Ia32Efer, entry.efer())?;
     if ctl.entry & crate::vmx::controls::EntryCtls::LOAD_PAT.bits() != 0 {
         vmcs.write(Guest64::Ia32Pat, PAT_POWER_ON)?;
     }
@@ -641,10 +786,7 @@ mod tests {
             &host(),
             &addrs,
             1,
-            GuestEntry {
-                rip: 0x10_0000,
-                start_info: 0x1000,
-            },
+            GuestEntry::Protected32 { rip: 0x10_0000 },
         )
         .unwrap();
         assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0000));
@@ -674,6 +816,52 @@ mod tests {
     }
 
     #[test]
+    fn long_mode_guest_state_for_the_linux_64_bit_entry() {
+        let caps = VmxCaps::probe(&SKYLAKE_HOST).unwrap();
+        let ctl = caps.controls().unwrap();
+        let mut vmcs = MockVmcs::default();
+        let addrs = VmcsAddrs {
+            io_bitmap_a: 0x5000,
+            io_bitmap_b: 0x6000,
+            msr_bitmap: 0x7000,
+            eptp: 0x801e,
+        };
+        let entry = GuestEntry::Long64 {
+            rip: 0x100_0200,
+            cr3: 0x9000,
+            gdt_base: 0x8000,
+            gdt_limit: 0x1f,
+        };
+        setup_vmcs(&mut vmcs, &caps, &ctl, &host(), &addrs, 1, entry).unwrap();
+        assert_eq!(vmcs.get(GuestNW::Rip), Some(0x100_0200));
+        assert_eq!(vmcs.get(GuestNW::Cr3), Some(0x9000));
+        assert_eq!(
+            vmcs.get(GuestNW::Cr0),
+            Some(0x8000_0031),
+            "PE|ET|PG plus the fixed NE"
+        );
+        assert_eq!(vmcs.get(ControlNW::Cr0ReadShadow), Some(0x8000_0011));
+        assert_eq!(vmcs.get(GuestNW::Cr4), Some(0x2020), "PAE, VMXE forced");
+        assert_eq!(vmcs.get(ControlNW::Cr4ReadShadow), Some(0x20));
+        assert_eq!(vmcs.get(Guest64::Ia32Efer), Some(0x500), "LME|LMA");
+        let entry_ctls = vmcs.get(Control32::EntryControls).unwrap();
+        assert_ne!(
+            entry_ctls & crate::vmx::controls::EntryCtls::IA32E_MODE_GUEST.bits() as u64,
+            0
+        );
+        assert_eq!(
+            vmcs.get(Guest32::CsAccessRights),
+            Some(0xa09b),
+            "L set, D clear"
+        );
+        assert_eq!(vmcs.get(Guest32::SsAccessRights), Some(0xc093));
+        assert_eq!(vmcs.get(GuestNW::GdtrBase), Some(0x8000));
+        assert_eq!(vmcs.get(Guest32::GdtrLimit), Some(0x1f));
+        assert_eq!(vmcs.get(Guest16::CsSelector), Some(0x10));
+        assert_eq!(vmcs.get(Guest16::DsSelector), Some(0x18));
+    }
+
+    #[test]
     fn host_tr_zero_is_refused_before_entry() {
         let caps = VmxCaps::probe(&SKYLAKE_HOST).unwrap();
         let ctl = caps.controls().unwrap();
@@ -692,10 +880,7 @@ mod tests {
             &h,
             &addrs,
             1,
-            GuestEntry {
-                rip: 0,
-                start_info: 0,
-            },
+            GuestEntry::Protected32 { rip: 0 },
         )
         .unwrap_err();
         assert_eq!(e, SetupError::HostTrZero);

@@ -28,6 +28,14 @@ pub mod reg {
     pub const RBP: usize = 5;
     pub const RSI: usize = 6;
     pub const RDI: usize = 7;
+    pub const R8: usize = 8;
+    pub const R9: usize = 9;
+    pub const R10: usize = 10;
+    pub const R11: usize = 11;
+    pub const R12: usize = 12;
+    pub const R13: usize = 13;
+    pub const R14: usize = 14;
+    pub const R15: usize = 15;
 }
 
 const _: () = assert!(core::mem::size_of::<GuestRegs>() == 128);

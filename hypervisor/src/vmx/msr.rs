@@ -63,6 +63,8 @@ impl Msr {
     pub const IA32_X2APIC_FIRST: Msr = Msr(0x800);
     pub const IA32_X2APIC_LAST: Msr = Msr(0x8ff);
     pub const IA32_TSC_DEADLINE: Msr = Msr(0x6e0);
+    /// CPUID faulting and ring-3 MONITOR/MWAIT enables (model-specific, SDM Vol. 4 2.17).
+    pub const MSR_MISC_FEATURES_ENABLES: Msr = Msr(0x140);
     pub const IA32_EFER: Msr = Msr(0xc000_0080);
     pub const IA32_STAR: Msr = Msr(0xc000_0081);
     pub const IA32_LSTAR: Msr = Msr(0xc000_0082);

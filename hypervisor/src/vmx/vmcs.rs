@@ -216,6 +216,8 @@ pub mod access_rights {
     pub const DPL_MASK: u64 = 0x3;
     /// The L bit: a 64-bit code segment (CS only).
     pub const LONG_MODE: u64 = 1 << 13;
+    /// The D/B bit: 32-bit default operand size (must be clear with L, SDM 26.3.1.2).
+    pub const DEFAULT_BIG: u64 = 1 << 14;
     /// Present, DPL 0, code, execute/read, accessed, 32-bit, 4 KiB granularity.
     pub const CODE32: u64 = 0xc09b;
     /// Present, DPL 0, data, read/write, accessed, 32-bit, 4 KiB granularity.

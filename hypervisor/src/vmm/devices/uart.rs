@@ -1,6 +1,11 @@
 //! The guest's console: a 16550A UART model at 0x3f8 (transmit only; nothing is ever
 //! received). Bytes written to THR are collected into lines; each complete line is handed
 //! out to be relayed as `[NAME] line`.
+//!
+//! There is no interrupt line, but the interrupt *identification* is modelled: a driver
+//! that polls (Linux's 8250 without an IRQ runs its interrupt handler from a timer) finds
+//! the "THR empty" condition in IIR when IER enables it, as on the chip. Transmission is
+//! instantaneous, so THR is always empty again right after a write.
 
 /// Base port of the modelled UART (COM1).
 pub const COM1_BASE: u16 = 0x3f8;
@@ -26,6 +31,10 @@ const LSR_THRE: u8 = 0x20;
 const LSR_TEMT: u8 = 0x40;
 const MCR_LOOP: u8 = 0x10;
 const IIR_NO_INTERRUPT: u8 = 0x01;
+/// IIR interrupt identification "transmitter holding register empty".
+const IIR_THRE: u8 = 0x02;
+/// IER bit enabling the THR-empty interrupt.
+const IER_THRI: u8 = 0x02;
 const IIR_FIFO_ENABLED: u8 = 0xc0;
 
 /// The UART state.
@@ -38,6 +47,10 @@ pub struct Uart16550 {
     dll: u8,
     dlm: u8,
     fifo: bool,
+    /// The THR-empty interrupt condition: set when THR empties (after every write) or
+    /// when IER enables it, cleared by an IIR read that reports it (16550A data sheet,
+    /// "interrupt reset control").
+    thre_pending: bool,
     line: [u8; LINE_MAX],
     len: usize,
     /// Bytes the guest wrote to THR.
@@ -54,6 +67,7 @@ impl Default for Uart16550 {
             dll: 1,
             dlm: 0,
             fifo: false,
+            thre_pending: false,
             line: [0; LINE_MAX],
             len: 0,
             bytes_out: 0,
@@ -75,7 +89,15 @@ impl Uart16550 {
             reg::DATA => 0,
             reg::IER if dlab => self.dlm,
             reg::IER => self.ier,
-            reg::IIR_FCR => IIR_NO_INTERRUPT | if self.fifo { IIR_FIFO_ENABLED } else { 0 },
+            reg::IIR_FCR => {
+                let fifo = if self.fifo { IIR_FIFO_ENABLED } else { 0 };
+                if self.ier & IER_THRI != 0 && self.thre_pending {
+                    self.thre_pending = false;
+                    IIR_THRE | fifo
+                } else {
+                    IIR_NO_INTERRUPT | fifo
+                }
+            }
             reg::LCR => self.lcr,
             reg::MCR => self.mcr,
             reg::LSR => LSR_THRE | LSR_TEMT,
@@ -97,9 +119,17 @@ impl Uart16550 {
         let dlab = self.lcr & LCR_DLAB != 0;
         match offset {
             reg::DATA if dlab => self.dll = value,
-            reg::DATA => return self.transmit(value),
+            reg::DATA => {
+                self.thre_pending = true;
+                return self.transmit(value);
+            }
             reg::IER if dlab => self.dlm = value,
-            reg::IER => self.ier = value & 0x0f,
+            reg::IER => {
+                if value & IER_THRI != 0 && self.ier & IER_THRI == 0 {
+                    self.thre_pending = true;
+                }
+                self.ier = value & 0x0f;
+            }
             reg::IIR_FCR => self.fifo = value & 1 != 0,
             reg::LCR => self.lcr = value,
             reg::MCR => self.mcr = value & 0x1f,
@@ -176,6 +206,22 @@ mod tests {
         u.write(4, 0x1f);
         assert_eq!(u.read(6), 0xf0, "loopback reflects MCR");
         assert!(Uart16550::decodes(0x3fd) && !Uart16550::decodes(0x2f8));
+    }
+
+    #[test]
+    fn thr_empty_is_reported_once_per_write_when_enabled() {
+        let mut u = Uart16550::default();
+        u.write(2, 0x01);
+        assert_eq!(u.read(2), 0xc1, "IER off: no interrupt");
+        u.write(1, 0x02);
+        assert_eq!(u.read(2), 0xc2, "enabling THRI with THR empty raises it");
+        assert_eq!(u.read(2), 0xc1, "reading IIR cleared it");
+        u.write(0, b'a');
+        assert_eq!(u.read(2), 0xc2, "THR empty again after the write");
+        assert_eq!(u.read(2), 0xc1);
+        u.write(1, 0x00);
+        u.write(0, b'b');
+        assert_eq!(u.read(2), 0xc1, "masked");
     }
 
     #[test]
