@@ -98,7 +98,7 @@ pub struct VcpuCounts {
     /// Where the latest blank slot went: `Some(sibling)` or outside.
     last_blank_on: Option<u16>,
     stopped: bool,
-    /// Last process lookup: (cr3, valid from, valid to, interned answer).
+    /// Last process lookup: (CR3 key, valid from, valid to, interned answer).
     proc_cache: Option<(u64, u64, u64, u32)>,
 }
 
@@ -380,19 +380,18 @@ impl Aggregator {
                 } else {
                     t.user += 1;
                 }
+                // Cached by key, not raw CR3: with KPTI and PCIDs one process runs
+                // under several raw values (user/kernel half, ASIDs).
+                let cr3 = guest_kit::cr3_key(g.cr3);
                 let proc_ = match t.proc_cache {
-                    Some((cr3, from, to, id)) if cr3 == g.cr3 && from <= s.tsc && s.tsc <= to => id,
+                    Some((key, from, to, id)) if key == cr3 && from <= s.tsc && s.tsc <= to => id,
                     _ => {
                         let (key, from, to) = match self.procs.get(&g.vm) {
-                            Some(ix) => ix.lookup_range(g.cr3, s.tsc),
-                            None => (
-                                ProcKey::Unknown(guest_kit::normalize_cr3(g.cr3)),
-                                0,
-                                u64::MAX,
-                            ),
+                            Some(ix) => ix.lookup_range(cr3, s.tsc),
+                            None => (ProcKey::Unknown(cr3), 0, u64::MAX),
                         };
                         let id = t.intern(key);
-                        t.proc_cache = Some((g.cr3, from, to, id));
+                        t.proc_cache = Some((cr3, from, to, id));
                         id
                     }
                 };

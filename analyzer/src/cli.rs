@@ -14,6 +14,7 @@ use crate::report::{self, Format, Level, Options};
 #[command(name = "analyzer", version, about, long_about = None)]
 #[command(after_help = "Examples:\n  \
     analyzer report samples.vmlog --bundle web.bundle --elf vmlinux --elf ./server --hv-elf hypervisor.elf\n  \
+    analyzer report samples.vmlog --bundle web.bundle --kernel-map System.map-6.1.0-57-amd64\n  \
     analyzer report samples.vmlog --level guest --vm web --vcpu 1 --top 10\n  \
     analyzer check samples.vmlog")]
 pub struct Cli {
@@ -30,12 +31,13 @@ pub enum Command {
     /// Function Module` rows, largest first.
     ///
     /// Guest processes are named from the guest bundles (`proc` lines map each
-    /// CR3 to a PID and name, `map` lines place objects, `ksym` lines name
-    /// kernel functions); functions in objects come from the --elf files, found
-    /// by file name. Idle is time a vCPU was halted (`[idle] (halt_exit)`);
-    /// steal is time it was runnable but not running: `(on vcpuN)` when a
-    /// sibling vCPU of the same VM held its pCPU, `(outside)` otherwise.
-    Report(ReportArgs),
+    /// CR3 to a PID and name, `map` lines place objects, `ksym` lines or
+    /// --kernel-map name kernel functions); functions in objects come from the
+    /// --elf files, found by file name. Idle is time a vCPU was halted
+    /// (`[idle] (halt_exit)`); steal is time it was runnable but not running:
+    /// `(on vcpuN)` when a sibling vCPU of the same VM held its pCPU, `(outside)`
+    /// otherwise.
+    Report(Box<ReportArgs>),
     /// Frames, samples per pCPU, sequence gaps, dropped samples, corrupt frames
     /// skipped, time span and bytes per sample of a log.
     Check {
@@ -62,6 +64,16 @@ pub struct ReportArgs {
     /// A /proc/kallsyms copy for guests whose bundle has no `ksym` lines.
     #[arg(long, value_name = "FILE")]
     pub kallsyms: Option<PathBuf>,
+    /// The guest kernel's System.map (`ADDR TYPE NAME`, e.g. from Debian's -dbg
+    /// package): names kernel functions (module `vmlinux`) of VMs whose bundle has no
+    /// kernel-image `ksym` lines, moved by the KASLR offset of each VM's bundle
+    /// (`kernel ... text=` minus the map's `_text`).
+    #[arg(long, value_name = "FILE")]
+    pub kernel_map: Option<PathBuf>,
+    /// The kernel release --kernel-map belongs to (default: from a file name like
+    /// `System.map-6.1.0-57-amd64`); a bundle of another release gets a warning.
+    #[arg(long, value_name = "RELEASE")]
+    pub kernel_release: Option<String>,
     /// Guest level for this VM only.
     #[arg(long, value_name = "NAME")]
     pub vm: Option<String>,
@@ -103,6 +115,8 @@ pub fn run(cli: Cli) -> Result<(String, Vec<String>), crate::Fatal> {
                 elfs: a.elfs,
                 hv_elf: a.hv_elf,
                 kallsyms: a.kallsyms,
+                kernel_map: a.kernel_map,
+                kernel_release: a.kernel_release,
                 vm: a.vm,
                 vcpu: a.vcpu,
                 pid: a.pid,

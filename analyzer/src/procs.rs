@@ -1,7 +1,7 @@
 //! Guest processes: CR3 -> `proc` line of the bundle (with validity
 //! intervals, since CR3 values are reused), process labels, mapped objects.
 
-use guest_kit::{Bundle, Map, normalize_cr3};
+use guest_kit::{Bundle, Map, cr3_key};
 use rustc_hash::FxHashMap;
 
 /// The process a guest sample belongs to.
@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap;
 pub enum ProcKey {
     /// Index into the bundle's `procs`.
     Known(u32),
-    /// No `proc` line matches; the normalised CR3.
+    /// No `proc` line matches; the CR3 key ([`cr3_key`]).
     Unknown(u64),
 }
 
@@ -47,7 +47,7 @@ impl ProcIndex {
     /// Like [`ProcIndex::lookup`], also giving a TSC range `[from, to]`
     /// around `tsc` over which the answer stays the same (for caching).
     pub fn lookup_range(&self, cr3: u64, tsc: u64) -> (ProcKey, u64, u64) {
-        let key = normalize_cr3(cr3);
+        let key = cr3_key(cr3);
         let Some(v) = self.by_cr3.get(&key) else {
             return (ProcKey::Unknown(key), 0, u64::MAX);
         };

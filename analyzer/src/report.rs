@@ -12,7 +12,7 @@ use crate::aggregate::{Aggregator, GuestKey, VcpuCounts};
 use crate::input::{self, Fatal, LogInfo, Sink};
 use crate::merge::Tagged;
 use crate::procs::{self, ProcIndex, ProcKey};
-use crate::symbols::{self, ElfImage, SymbolTable};
+use crate::symbols::{self, ElfImage, SymbolTable, SystemMap};
 
 /// Which levels to print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -49,6 +49,10 @@ pub struct Options {
     pub hv_elf: Option<PathBuf>,
     /// A kallsyms file for guests whose bundle has no `ksym` lines.
     pub kallsyms: Option<PathBuf>,
+    /// The guest kernel's System.map, relocated per VM by its bundle's `kernel` line.
+    pub kernel_map: Option<PathBuf>,
+    /// The release `kernel_map` is for (else from its file name).
+    pub kernel_release: Option<String>,
     /// Only this VM at guest level.
     pub vm: Option<String>,
     /// Also a section for this vCPU.
@@ -277,6 +281,126 @@ impl Elfs {
             .or_else(|| self.by_name.get(stem))
             .map(|&i| &self.images[i])
     }
+}
+
+/// `--kernel-map`: a System.map and the kernel release it belongs to (if known).
+struct KernelMap {
+    map: SystemMap,
+    release: Option<String>,
+    path: PathBuf,
+}
+
+impl KernelMap {
+    fn load(opts: &Options, warnings: &mut Vec<String>) -> Option<KernelMap> {
+        let Some(path) = &opts.kernel_map else {
+            if opts.kernel_release.is_some() {
+                warnings.push("--kernel-release ignored: no --kernel-map".to_string());
+            }
+            return None;
+        };
+        let data = match input::read_side_file("--kernel-map", path) {
+            Ok(d) => d,
+            Err(w) => {
+                warnings.push(w);
+                return None;
+            }
+        };
+        let shown = path.display();
+        let map = SystemMap::parse(&String::from_utf8_lossy(&data));
+        if map.text_syms.is_empty() {
+            warnings.push(format!(
+                "--kernel-map {shown}: no text symbols (Debian's image package ships a stub; the real System.map is in its -dbg package)"
+            ));
+            return None;
+        }
+        if map.bad_lines > 0 {
+            warnings.push(format!(
+                "--kernel-map {shown}: skipped {} line(s) that are not `ADDR TYPE NAME`",
+                map.bad_lines
+            ));
+        }
+        if map.text.is_none() {
+            warnings.push(format!(
+                "--kernel-map {shown}: no `_text` symbol: cannot relocate, addresses used as linked"
+            ));
+        }
+        let release = opts
+            .kernel_release
+            .clone()
+            .or_else(|| SystemMap::release_from_file_name(path));
+        Some(KernelMap {
+            map,
+            release,
+            path: path.clone(),
+        })
+    }
+
+    /// The KASLR offset of VM `vm` (runtime `_text` - the map's `_text`), 0 when a
+    /// side is unknown; warns about what is missing or does not match.
+    fn delta(&self, bundle: Option<&Bundle>, vm: &str, warnings: &mut Vec<String>) -> u64 {
+        let shown = self.path.display();
+        let Some(link_text) = self.map.text else {
+            return 0;
+        };
+        let Some(b) = bundle else {
+            warnings.push(format!(
+                "--kernel-map {shown}: VM `{vm}` has no bundle: System.map used as linked (right only without KASLR)"
+            ));
+            return 0;
+        };
+        let Some(k) = &b.kernel else {
+            warnings.push(format!(
+                "--kernel-map {shown}: the bundle of VM `{vm}` has no `kernel` line: System.map used as linked (right only without KASLR)"
+            ));
+            return 0;
+        };
+        if let Some(want) = &self.release
+            && want != &k.release
+        {
+            warnings.push(format!(
+                "--kernel-map {shown} is for kernel {want}, but VM `{vm}` runs {}: its kernel functions may be misnamed",
+                k.release
+            ));
+        }
+        match k.text {
+            Some(text) => text.wrapping_sub(link_text),
+            None => {
+                warnings.push(format!(
+                    "--kernel-map {shown}: the bundle of VM `{vm}` does not know its `_text` (text=?): System.map used as linked"
+                ));
+                0
+            }
+        }
+    }
+}
+
+/// The kernel symbol table of one VM: its bundle's `ksym` lines; without kernel-image
+/// lines among them, `--kernel-map` relocated for this VM (plus the bundle's module
+/// lines); `--kallsyms` when that leaves nothing.
+fn kernel_symbols(
+    bundle: Option<&Bundle>,
+    vm: &str,
+    kernel_map: Option<&KernelMap>,
+    extra: Option<&[guest_kit::KSym]>,
+    warnings: &mut Vec<String>,
+) -> SymbolTable {
+    let ksyms = bundle.map_or(&[][..], |b| b.ksyms.as_slice());
+    let image_lines = ksyms
+        .iter()
+        .any(|s| s.module.is_none() && matches!(s.kind, 't' | 'T' | 'w' | 'W'));
+    let mut table = match kernel_map {
+        Some(km) if !image_lines => {
+            let delta = km.delta(bundle, vm, warnings);
+            symbols::kernel_table(ksyms, Some(&km.map), delta)
+        }
+        _ => symbols::kallsyms_table(ksyms),
+    };
+    if table.is_empty()
+        && let Some(extra) = extra
+    {
+        table = symbols::kallsyms_table(extra);
+    }
+    table
 }
 
 /// Symbolises one VM's guest samples.
@@ -529,6 +653,7 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
                     Some(syms)
                 }
             });
+    let kernel_map = KernelMap::load(opts, &mut warnings);
 
     let mut collect = Collect {
         opts,
@@ -652,14 +777,13 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
                 continue;
             }
             let bundle = collect.vm_bundle.get(&id).map(|&i| &bundles[i]);
-            let mut ksyms = bundle
-                .map(|b| symbols::kallsyms_table(&b.ksyms))
-                .unwrap_or_default();
-            if ksyms.is_empty()
-                && let Some(extra) = &extra_ksyms
-            {
-                ksyms = symbols::kallsyms_table(extra);
-            }
+            let ksyms = kernel_symbols(
+                bundle,
+                &name,
+                kernel_map.as_ref(),
+                extra_ksyms.as_deref(),
+                &mut warnings,
+            );
             let syms = GuestSyms {
                 bundle,
                 labels: bundle.map(procs::labels).unwrap_or_default(),

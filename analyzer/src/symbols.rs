@@ -1,5 +1,5 @@
-//! Address -> function name tables: ELF symbol tables (via `object`) and
-//! kallsyms lists.
+//! Address -> function name tables: ELF symbol tables (via `object`),
+//! kallsyms lists and a kernel's System.map (relocated to where KASLR put it).
 
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -98,20 +98,92 @@ impl ElfImage {
     }
 }
 
+/// How far a kernel symbol without a size reaches when no symbol follows.
+const KERNEL_MAX_OPEN: u64 = 0x10_0000;
+
+fn is_text(kind: char) -> bool {
+    matches!(kind, 't' | 'T' | 'w' | 'W')
+}
+
+fn ksym_entries(syms: &[guest_kit::KSym]) -> impl Iterator<Item = (u64, u64, String)> + '_ {
+    syms.iter().filter(|s| is_text(s.kind)).map(|s| {
+        let name = match &s.module {
+            Some(m) if !m.is_empty() => format!("{}\u{0}{m}", s.name),
+            _ => s.name.clone(),
+        };
+        (s.addr, 0, name)
+    })
+}
+
 /// Builds a table from kallsyms entries (text symbols only).
 pub fn kallsyms_table(syms: &[guest_kit::KSym]) -> SymbolTable {
-    let v = syms
-        .iter()
-        .filter(|s| matches!(s.kind, 't' | 'T' | 'w' | 'W'))
-        .map(|s| {
-            let name = match &s.module {
-                Some(m) if !m.is_empty() => format!("{}\u{0}{m}", s.name),
-                _ => s.name.clone(),
+    SymbolTable::build(ksym_entries(syms).collect(), KERNEL_MAX_OPEN)
+}
+
+/// A kernel's `System.map` (`ADDR TYPE NAME` lines, link-time addresses): its text
+/// symbols (`t`, `T`, `w`, `W`) and the address of `_text`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SystemMap {
+    /// Text symbols, `(link-time address, name)`, in file order.
+    pub text_syms: Vec<(u64, String)>,
+    /// Link-time `_text`, the base KASLR moves.
+    pub text: Option<u64>,
+    /// Lines that are not `ADDR TYPE NAME`.
+    pub bad_lines: usize,
+}
+
+impl SystemMap {
+    /// Parses a System.map; lines that do not parse are counted, not fatal.
+    pub fn parse(text: &str) -> SystemMap {
+        let mut map = SystemMap::default();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(addr), Some(kind), Some(name), None) =
+                (f.next(), f.next(), f.next(), f.next())
+            else {
+                if !line.trim().is_empty() {
+                    map.bad_lines += 1;
+                }
+                continue;
             };
-            (s.addr, 0, name)
-        })
-        .collect();
-    SymbolTable::build(v, 0x10_0000)
+            let mut kc = kind.chars();
+            let (Ok(addr), Some(kind), None) =
+                (u64::from_str_radix(addr, 16), kc.next(), kc.next())
+            else {
+                map.bad_lines += 1;
+                continue;
+            };
+            if name == "_text" {
+                map.text = Some(addr);
+            }
+            if is_text(kind) {
+                map.text_syms.push((addr, name.to_string()));
+            }
+        }
+        map
+    }
+
+    /// The kernel release a file name like `System.map-6.1.0-57-amd64` names.
+    pub fn release_from_file_name(path: &std::path::Path) -> Option<String> {
+        let name = path.file_name()?.to_str()?;
+        let release = name.strip_prefix("System.map-")?;
+        (!release.is_empty()).then(|| release.to_string())
+    }
+}
+
+/// The kernel symbol table of one VM: its bundle's kallsyms entries first, then the
+/// System.map's text symbols moved by `delta` (runtime `_text` - link-time `_text`,
+/// wrapping); where both name one address, the bundle's entry wins.
+pub fn kernel_table(ksyms: &[guest_kit::KSym], map: Option<&SystemMap>, delta: u64) -> SymbolTable {
+    let mut v: Vec<(u64, u64, String)> = ksym_entries(ksyms).collect();
+    if let Some(map) = map {
+        v.extend(
+            map.text_syms
+                .iter()
+                .map(|(addr, name)| (addr.wrapping_add(delta), 0, name.clone())),
+        );
+    }
+    SymbolTable::build(v, KERNEL_MAX_OPEN)
 }
 
 /// A Rust symbol (legacy or v0 mangling) as a path without hashes, e.g.
@@ -203,6 +275,51 @@ mod tests {
         assert_eq!(
             split_ksym(t.lookup(0xffff_ffff_8100_0010).unwrap()),
             ("_stext", None)
+        );
+    }
+
+    #[test]
+    fn system_map_is_relocated_by_the_kaslr_offset() {
+        let map = SystemMap::parse(
+            "0000000000000000 D __per_cpu_start\n\
+             ffffffff81000000 T _text\n\
+             ffffffff81000000 T _stext\n\
+             ffffffff81000100 t do_one_initcall\n\
+             ffffffff81000200 W weak_fn\n\
+             ffffffff82000000 D init_task\n\
+             ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n\
+             zz T bad\n",
+        );
+        assert_eq!(map.text, Some(0xffff_ffff_8100_0000));
+        assert_eq!(map.bad_lines, 2);
+        assert_eq!(map.text_syms.len(), 4);
+        let delta = 0xffff_ffff_9a00_0000u64.wrapping_sub(0xffff_ffff_8100_0000);
+        let t = kernel_table(&[], Some(&map), delta);
+        assert_eq!(t.lookup(0xffff_ffff_9a00_0150), Some("do_one_initcall"));
+        assert_eq!(t.lookup(0xffff_ffff_9a00_0200), Some("weak_fn"));
+        assert_eq!(t.lookup(0xffff_ffff_8100_0150), None);
+        // _text and _stext share an address: one of them names it.
+        assert!(matches!(
+            t.lookup(0xffff_ffff_9a00_0000),
+            Some("_text" | "_stext")
+        ));
+        // Bundle entries come first and win; modules keep their names.
+        let (ksyms, _) =
+            parse_kallsyms("ffffffff9a000100 T from_bundle\nffffffffc0000000 t ext4_foo [ext4]\n");
+        let t = kernel_table(&ksyms, Some(&map), delta);
+        assert_eq!(t.lookup(0xffff_ffff_9a00_0100), Some("from_bundle"));
+        assert_eq!(
+            split_ksym(t.lookup(0xffff_ffff_c000_0004).unwrap()),
+            ("ext4_foo", Some("ext4"))
+        );
+        use std::path::Path;
+        assert_eq!(
+            SystemMap::release_from_file_name(Path::new("/boot/System.map-6.1.0-57-amd64")),
+            Some("6.1.0-57-amd64".into())
+        );
+        assert_eq!(
+            SystemMap::release_from_file_name(Path::new("System.map")),
+            None
         );
     }
 

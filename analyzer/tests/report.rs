@@ -548,6 +548,8 @@ fn help_teaches() {
         "(on vcpuN)",
         "[idle] (halt_exit)",
         "--format <FORMAT>",
+        "--kernel-map <FILE>",
+        "--kernel-release <RELEASE>",
     ] {
         assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
     }
@@ -599,6 +601,231 @@ fn kallsyms_file_comm_filter_and_top() {
     assert_eq!(r.guests[0].total, 100);
     o.comm = Some("nobody".into());
     assert!(report::build(&o).unwrap().guests[0].rows.is_empty());
+}
+
+/// Runtime `_text` of the KASLR guest kernel of [`scenario_kaslr`] (System.map: 0xffffffff81000000).
+const KASLR_TEXT: u64 = 0xffff_ffff_9a00_0000;
+const K1: u64 = 0x0123_4000;
+const K2: u64 = 0x0123_6000;
+const KERNEL_KEY: u64 = 0x3a00_4000;
+
+const SYSTEM_MAP: &str = "\
+0000000000000000 D __per_cpu_start
+ffffffff81000000 T _text
+ffffffff81000000 T _stext
+ffffffff81000100 T do_syscall_64
+ffffffff81000180 t syscall_exit_work
+ffffffff81002000 T schedule
+ffffffff81002400 W arch_cpu_idle
+ffffffff81e01d32 T _etext
+ffffffff82a1aa40 D init_task
+";
+
+/// One VM `deb` running Debian's kernel under KASLR: two processes of one program
+/// (pids 100 and 200), their kernel time, kernel threads, a module. Raw CR3 values as a
+/// KPTI + PCID guest loads them: user half (bit 12) with a user PCID and the no-flush
+/// bit in user mode, the kernel half with a kernel PCID in kernel mode.
+fn scenario_kaslr(d: &std::path::Path, bundle: &str, map_name: &str) -> Options {
+    let e = ExitReason::EXTERNAL_INTERRUPT;
+    let s: Vec<Sample> = (0..100u64)
+        .map(|i| {
+            let (cr3, cpl, rip) = match i {
+                0..=29 => (K1 | 0x1000 | 0x801 | 1 << 63, 3, PROG_MAP + 0x1010),
+                30..=39 => (K2 | 0x1000 | 0x802 | 1 << 63, 3, PROG_MAP + 0x1120),
+                40..=69 => (K1 | 0x001, 0, KASLR_TEXT + 0x150),
+                70..=89 => (KERNEL_KEY, 0, KASLR_TEXT + 0x2010),
+                _ => (K1 | 0x001, 0, 0xffff_ffff_c0a0_1000),
+            };
+            guest(slot(i + 1), 0, 0, cr3, cpl, rip, e)
+        })
+        .collect();
+    let mut o = opts(put(d, "k.vmlog", &log(&[vm(0, "deb", 1)], &[s])));
+    o.level = Level::Guest;
+    o.bundles.push(put(d, "deb.bundle", bundle.as_bytes()));
+    o.elfs.push(put(
+        d,
+        "prog",
+        &elf(0, true, &[("alpha", 0, 0x100), ("beta", 0x100, 0x100)]),
+    ));
+    o.kernel_map = Some(put(d, map_name, SYSTEM_MAP.as_bytes()));
+    o
+}
+
+const KASLR_BUNDLE: &str = "gk-bundle 2\nvm deb\nkernel 6.1.0-57-amd64 text=0xffffffff9a000000\n\
+    proc 0 [kernel] cr3=0x3a004000\nproc 100 prog cr3=0x1234000\nproc 200 prog cr3=0x1236000\n\
+    map 100 555500000000 555500003000 0 /usr/bin/prog\nmap 200 555500000000 555500003000 0 /usr/bin/prog\n\
+    kmap ffffffff9a000000 ffffffff9b000000 vmlinux\nkmap ffffffffc0a00000 ffffffffc0af3000 ext4\n";
+
+#[test]
+fn kernel_map_is_relocated_by_the_bundles_text_and_cr3s_are_masked() {
+    let d = dir("kernel_map");
+    let mut o = scenario_kaslr(&d, KASLR_BUNDLE, "System.map-6.1.0-57-amd64");
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.warnings, Vec::<String>::new());
+    assert_eq!(
+        report::to_text(&r),
+        "\
+== Guest level: deb (VM0) ==
+Total samples:100   OS:USER:IDLE:steal = 60.00%:40.00%:0.00%:0.00%
+ Samples  %Ratio  Function              Module
+      30   30.00  alpha                 prog(100)
+      30   30.00  do_syscall_64         vmlinux
+      20   20.00  schedule              vmlinux
+      10   10.00  [unknown]             ext4
+      10   10.00  beta                  prog(200)
+"
+    );
+    // Kernel samples under pid 100's CR3 (kernel half, kernel PCID) are pid 100's.
+    o.pid = Some(100);
+    let rows = |o: &Options| -> Vec<(String, u64)> {
+        report::build(o).unwrap().guests[0]
+            .rows
+            .iter()
+            .map(|r| (r.function.clone(), r.samples))
+            .collect()
+    };
+    assert_eq!(
+        rows(&o),
+        [
+            ("alpha".to_string(), 30),
+            ("do_syscall_64".to_string(), 30),
+            ("[unknown]".to_string(), 10)
+        ]
+    );
+    // pid 200's raw CR3 has bit 12 set: K2|0x1000 must not be read as another root.
+    o.pid = Some(200);
+    assert_eq!(rows(&o), [("beta".to_string(), 10)]);
+    // Kernel threads run on init_mm: the `proc 0 [kernel]` line.
+    o.pid = None;
+    o.comm = Some("[kernel]".into());
+    assert_eq!(rows(&o), [("schedule".to_string(), 20)]);
+}
+
+#[test]
+fn kernel_map_problems_are_one_line_warnings() {
+    let d = dir("kernel_map_warn");
+    let map = d.join("System.map-6.1.0-57-amd64");
+    let shown = map.display();
+    let guest_rows = |o: &Options| -> (Vec<String>, Vec<(String, String, u64)>) {
+        let r = report::build(o).unwrap();
+        let rows = r.guests[0]
+            .rows
+            .iter()
+            .map(|r| (r.function.clone(), r.module.clone(), r.samples))
+            .collect();
+        (r.warnings, rows)
+    };
+    let row = |f: &str, m: &str, n: u64| (f.to_string(), m.to_string(), n);
+
+    // A version-1 bundle has no kernel line: a warning, and the map is used as linked
+    // (so the KASLR kernel's functions stay unknown).
+    let v1 = KASLR_BUNDLE
+        .replace("gk-bundle 2", "gk-bundle 1")
+        .replace("kernel 6.1.0-57-amd64 text=0xffffffff9a000000\n", "");
+    let o = scenario_kaslr(&d, &v1, "System.map-6.1.0-57-amd64");
+    let (warnings, rows) = guest_rows(&o);
+    assert_eq!(
+        warnings,
+        [format!(
+            "--kernel-map {shown}: the bundle of VM `deb` has no `kernel` line: System.map used as linked (right only without KASLR)"
+        )]
+    );
+    assert!(rows.contains(&row("[unknown]", "vmlinux", 50)), "{rows:?}");
+
+    // Another release than the map's (from --kernel-release here): warned, still used.
+    let mut o = scenario_kaslr(&d, KASLR_BUNDLE, "System.map-6.1.0-57-amd64");
+    o.kernel_release = Some("6.1.0-58-amd64".into());
+    let (warnings, rows) = guest_rows(&o);
+    assert_eq!(
+        warnings,
+        [format!(
+            "--kernel-map {shown} is for kernel 6.1.0-58-amd64, but VM `deb` runs 6.1.0-57-amd64: its kernel functions may be misnamed"
+        )]
+    );
+    assert!(
+        rows.contains(&row("do_syscall_64", "vmlinux", 30)),
+        "{rows:?}"
+    );
+
+    // text=? in the bundle: not relocated.
+    let unknown = KASLR_BUNDLE.replace("text=0xffffffff9a000000", "text=?");
+    let o = scenario_kaslr(&d, &unknown, "System.map-6.1.0-57-amd64");
+    let (warnings, _) = guest_rows(&o);
+    assert_eq!(
+        warnings,
+        [format!(
+            "--kernel-map {shown}: the bundle of VM `deb` does not know its `_text` (text=?): System.map used as linked"
+        )]
+    );
+
+    // A map without `_text`, and one that is Debian's stub.
+    let mut o = scenario_kaslr(&d, KASLR_BUNDLE, "System.map");
+    let no_text = put(
+        &d,
+        "System.map",
+        SYSTEM_MAP
+            .replace(" T _text\n", " T _text_moved\n")
+            .as_bytes(),
+    );
+    o.kernel_map = Some(no_text.clone());
+    let (warnings, rows) = guest_rows(&o);
+    assert_eq!(
+        warnings,
+        [format!(
+            "--kernel-map {}: no `_text` symbol: cannot relocate, addresses used as linked",
+            no_text.display()
+        )]
+    );
+    assert!(rows.contains(&row("[unknown]", "vmlinux", 50)), "{rows:?}");
+    let stub = put(
+        &d,
+        "System.map",
+        b"ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n",
+    );
+    o.kernel_map = Some(stub.clone());
+    let (warnings, _) = guest_rows(&o);
+    assert_eq!(
+        warnings,
+        [format!(
+            "--kernel-map {}: no text symbols (Debian's image package ships a stub; the real System.map is in its -dbg package)",
+            stub.display()
+        )]
+    );
+
+    // Kernel-image ksym lines in the bundle win over the map (exact runtime addresses).
+    let with_ksyms = format!("{KASLR_BUNDLE}ksym ffffffff9a000100 T entry_from_bundle\n");
+    let o = scenario_kaslr(&d, &with_ksyms, "System.map-6.1.0-57-amd64");
+    let (warnings, rows) = guest_rows(&o);
+    assert_eq!(warnings, Vec::<String>::new());
+    assert!(
+        rows.contains(&row("entry_from_bundle", "vmlinux", 50)),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn kernel_map_through_the_binary() {
+    let d = dir("kernel_map_cli");
+    let o = scenario_kaslr(&d, KASLR_BUNDLE, "System.map-6.1.0-57-amd64");
+    let (code, out, err) = analyzer(&[
+        "report",
+        o.log.to_str().unwrap(),
+        "--level",
+        "guest",
+        "--bundle",
+        o.bundles[0].to_str().unwrap(),
+        "--elf",
+        o.elfs[0].to_str().unwrap(),
+        "--kernel-map",
+        o.kernel_map.as_ref().unwrap().to_str().unwrap(),
+        "--kernel-release",
+        "6.1.0-57-amd64",
+    ]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("      30   30.00  do_syscall_64         vmlinux\n"),
+        "{out}"
+    );
 }
 
 /// Writes the log as the hypervisor's exporter does: `ring` samples of pCPU 0,

@@ -1,9 +1,10 @@
 //! The guest bundle: what only the guest knows (processes and their CR3, mapped objects,
-//! kernel image and symbols), as the text format of `docs/contracts.md`, version 1.
+//! kernel image and symbols), as the text format of `docs/contracts.md`, versions 1 and 2.
 //!
 //! ```text
-//! gk-bundle 1
+//! gk-bundle 2                                            # 1 when there is no `kernel` line
 //! vm NAME
+//! kernel RELEASE text=0xHEX                              # version 2; text=? when unknown
 //! proc PID COMM cr3=0xHEX [from=HOSTTSC] [to=HOSTTSC]    # cr3=? when unknown
 //! map PID START END OFFSET PATH                          # hex, offset as in /proc/PID/maps
 //! kmap START END PATH
@@ -12,35 +13,50 @@
 //!
 //! Rules this module fixes where the contract is silent:
 //! - Fields are separated by spaces or tabs; `#` starts a comment anywhere on a line.
-//! - Text fields (COMM, PATH, NAME, MODULE, the VM name) escape space, tab, `#`, `\` and
-//!   control bytes as `\xHH`, so a field never contains a separator.
+//! - Text fields (COMM, PATH, NAME, MODULE, RELEASE, the VM name) escape space, tab, `#`,
+//!   `\` and control bytes as `\xHH`, so a field never contains a separator.
 //! - START, END, OFFSET and ADDR are hex, written without a prefix (as in `/proc/PID/maps`
-//!   and `/proc/kallsyms`); `0x` is accepted. `cr3` is hex written with `0x`; `from`/`to`
-//!   are host TSC values in decimal (`0x` hex accepted).
+//!   and `/proc/kallsyms`); `0x` is accepted. `cr3` and `text` are hex written with `0x`;
+//!   `from`/`to` are host TSC values in decimal (`0x` hex accepted).
 //! - MODULE is written bare; `[ext4]` as `/proc/kallsyms` prints it is accepted too.
-//! - `cr3` is written as the VMCS holds it after [`normalize_cr3`]; the reader keeps what
-//!   it reads, [`Proc::cr3_key`] normalises.
+//! - Version 2 adds the `kernel` record (at most one); everything else is as in version 1.
+//!   The writer writes the lowest version that holds the bundle (1 without a `kernel`
+//!   line), so readers of version 1 keep reading bundles that do not need 2. A version 1
+//!   bundle with a `kernel` line is an error.
+//! - `cr3` is written as collected (`__pa(mm->pgd)`, already a [`cr3_key`]); the reader
+//!   keeps what it reads, [`Proc::cr3_key`] masks it.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
-/// The format version this module reads and writes.
-pub const VERSION: u32 = 1;
+/// The newest format version this module reads (and writes when a bundle needs it).
+pub const VERSION: u32 = 2;
+
+/// The oldest format version this module reads.
+pub const MIN_VERSION: u32 = 1;
 
 /// Prefix of bundle lines on a guest console (`[NAME] @gk gk-bundle 1`).
 pub const CONSOLE_PREFIX: &str = "@gk ";
 
-/// CR3 bits that are not part of the page-table root: PCID / flags (bits 0-11), the KPTI
-/// user half of an 8 KiB PGD pair (bit 12) and the no-flush hint (bit 63).
-pub const CR3_IGNORED_BITS: u64 = 0xfff | 1 << 12 | 1 << 63;
+/// CR3 bits that are part of the page-table root: bits 13-51 (4 KiB frame bits 12-51 up
+/// to the architectural MAXPHYADDR of 52, without the KPTI bit 12).
+pub const CR3_KEY_MASK: u64 = ((1 << 52) - 1) & !0x1fff;
 
-/// The process key of a CR3 value: the page-table root with PCID, KPTI user/kernel half
-/// and no-flush bits cleared (see `platform-notes.md`, "Linux as a guest").
+/// The process key of a raw CR3 value as the VMCS holds it: the page-table root with the
+/// PCID / flag bits 0-11, the KPTI user-half bit 12 (`PTI_USER_PGTABLE_BIT`: Linux
+/// allocates PGDs as 8 KiB pairs) and bits 52-63 (bit 63 is the no-flush hint on writes;
+/// 61/62 are LAM on newer CPUs) cleared. For a Linux guest this equals `__pa(mm->pgd)`.
 ///
-/// A guest that does not use KPTI must keep its page-table roots 8 KiB aligned, or two
-/// roots 4 KiB apart would share a key.
+/// A PCID is no process key (Linux recycles 6 dynamic ASIDs per CPU). A guest that does
+/// not use KPTI must keep its page-table roots 8 KiB aligned, or two roots 4 KiB apart
+/// would share a key.
+pub const fn cr3_key(raw_cr3: u64) -> u64 {
+    raw_cr3 & CR3_KEY_MASK
+}
+
+/// Former name of [`cr3_key`], kept for callers outside this crate.
 pub const fn normalize_cr3(cr3: u64) -> u64 {
-    cr3 & !CR3_IGNORED_BITS
+    cr3_key(cr3)
 }
 
 /// One guest's bundle.
@@ -56,6 +72,17 @@ pub struct Bundle {
     pub kmaps: Vec<KMap>,
     /// Kernel symbols (`ksym` lines).
     pub ksyms: Vec<KSym>,
+    /// The running kernel (`kernel` line, version 2).
+    pub kernel: Option<Kernel>,
+}
+
+/// The guest's running kernel: enough for the host to relocate that kernel's System.map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kernel {
+    /// `uname -r` (`/proc/sys/kernel/osrelease`), e.g. `6.1.0-57-amd64`.
+    pub release: String,
+    /// Runtime address of `_text` (after KASLR); `None` when unknown (`text=?`).
+    pub text: Option<u64>,
 }
 
 /// A guest process and the CR3 that identifies it.
@@ -72,9 +99,9 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// The normalised CR3 ([`normalize_cr3`]) used to match samples, if known.
+    /// The masked CR3 ([`cr3_key`]) used to match samples, if known.
     pub fn cr3_key(&self) -> Option<u64> {
-        self.cr3.map(normalize_cr3)
+        self.cr3.map(cr3_key)
     }
 }
 
@@ -120,11 +147,13 @@ pub struct ParseError {
 /// What is wrong with a bundle line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseErrorKind {
-    #[error("expected the header `gk-bundle {VERSION}` before any record, found `{0}`")]
+    #[error(
+        "expected the header `gk-bundle {VERSION}` (or {MIN_VERSION}) before any record, found `{0}`"
+    )]
     MissingHeader(String),
-    #[error("no `gk-bundle {VERSION}` header (the bundle is empty)")]
+    #[error("no `gk-bundle {VERSION}` (or {MIN_VERSION}) header (the bundle is empty)")]
     Empty,
-    #[error("unsupported bundle version `{0}` (this reader knows {VERSION})")]
+    #[error("unsupported bundle version `{0}` (this reader knows {MIN_VERSION} to {VERSION})")]
     UnsupportedVersion(String),
     #[error("second `gk-bundle` header")]
     DuplicateHeader,
@@ -132,8 +161,16 @@ pub enum ParseErrorKind {
     DuplicateVm(String),
     #[error("no `vm NAME` line")]
     MissingVm,
-    #[error("unknown record `{0}` (expected vm, proc, map, kmap or ksym)")]
+    #[error("unknown record `{0}` (expected vm, kernel, proc, map, kmap or ksym)")]
     UnknownRecord(String),
+    #[error("`{record}` needs `gk-bundle {needs}` (this bundle says {found})")]
+    NeedsVersion {
+        record: &'static str,
+        needs: u32,
+        found: u32,
+    },
+    #[error("second `kernel` line")]
+    DuplicateKernel,
     #[error("`{record}` needs {field}")]
     MissingField {
         record: &'static str,
@@ -153,6 +190,8 @@ pub enum ParseErrorKind {
     DuplicateOption(&'static str),
     #[error("proc has no `cr3=` (write `cr3=?` when it is unknown)")]
     MissingCr3,
+    #[error("kernel needs `text=0xADDR` (or `text=?`), found `{0}`")]
+    BadKernelText(String),
     #[error("range start {start:#x} is not below end {end:#x}")]
     EmptyRange { start: u64, end: u64 },
     #[error("ksym type `{0}` is not a single letter")]
@@ -169,6 +208,7 @@ impl Bundle {
         let mut bundle = Bundle::default();
         let mut vm: Option<String> = None;
         let mut header_seen = false;
+        let mut version = VERSION;
         let mut last_line = 0;
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
@@ -183,10 +223,12 @@ impl Bundle {
                 if record != "gk-bundle" {
                     return Err(err(ParseErrorKind::MissingHeader(record.to_string())));
                 }
-                let version = fields.next().unwrap_or("");
-                if version != VERSION.to_string() {
-                    return Err(err(ParseErrorKind::UnsupportedVersion(version.to_string())));
-                }
+                let given = fields.next().unwrap_or("");
+                version = match given.parse::<u32>() {
+                    // Digits only: `+2` or `02` are not version numbers.
+                    Ok(v) if (MIN_VERSION..=VERSION).contains(&v) && v.to_string() == given => v,
+                    _ => return Err(err(ParseErrorKind::UnsupportedVersion(given.to_string()))),
+                };
                 no_more(&mut fields, "gk-bundle").map_err(err)?;
                 header_seen = true;
                 continue;
@@ -200,6 +242,20 @@ impl Bundle {
                         return Err(err(ParseErrorKind::DuplicateVm(previous)));
                     }
                     vm = Some(name);
+                }
+                "kernel" => {
+                    if version < 2 {
+                        return Err(err(ParseErrorKind::NeedsVersion {
+                            record: "kernel",
+                            needs: 2,
+                            found: version,
+                        }));
+                    }
+                    let kernel = parse_kernel(&mut fields).map_err(err)?;
+                    if bundle.kernel.is_some() {
+                        return Err(err(ParseErrorKind::DuplicateKernel));
+                    }
+                    bundle.kernel = Some(kernel);
                 }
                 "proc" => bundle.procs.push(parse_proc(&mut fields).map_err(err)?),
                 "map" => bundle.maps.push(parse_map(&mut fields).map_err(err)?),
@@ -230,10 +286,22 @@ impl Bundle {
         out
     }
 
+    /// The format version [`Bundle::write`] writes: the lowest that holds this bundle.
+    pub fn version(&self) -> u32 {
+        if self.kernel.is_some() { 2 } else { 1 }
+    }
+
     /// Writes the bundle in the text format.
     pub fn write(&self, out: &mut impl fmt::Write) -> fmt::Result {
-        writeln!(out, "gk-bundle {VERSION}")?;
+        writeln!(out, "gk-bundle {}", self.version())?;
         writeln!(out, "vm {}", Escaped(&self.vm))?;
+        if let Some(k) = &self.kernel {
+            write!(out, "kernel {} ", Escaped(&k.release))?;
+            match k.text {
+                Some(text) => writeln!(out, "text={text:#x}")?,
+                None => writeln!(out, "text=?")?,
+            }
+        }
         for p in &self.procs {
             write!(out, "proc {} {} ", p.pid, Escaped(&p.comm))?;
             match p.cr3 {
@@ -335,6 +403,20 @@ fn parse_proc(fields: Fields) -> Result<Proc, ParseErrorKind> {
         from: from.flatten(),
         to: to.flatten(),
     })
+}
+
+fn parse_kernel(fields: Fields) -> Result<Kernel, ParseErrorKind> {
+    let release = text_field(fields, "kernel", "a RELEASE")?;
+    let text = match fields.next() {
+        None => return Err(ParseErrorKind::BadKernelText(String::new())),
+        Some("text=?") => None,
+        Some(option) => match option.strip_prefix("text=") {
+            Some(value) => Some(parse_hex(value, "text")?),
+            None => return Err(ParseErrorKind::BadKernelText(option.to_string())),
+        },
+    };
+    no_more(fields, "kernel")?;
+    Ok(Kernel { release, text })
 }
 
 fn parse_map(fields: Fields) -> Result<Map, ParseErrorKind> {
@@ -614,6 +696,7 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
                     module: Some("ext4".into()),
                 },
             ],
+            kernel: None,
         }
     }
 
@@ -665,9 +748,24 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
     }
 
     #[test]
-    fn normalize_cr3_clears_pcid_kpti_and_noflush_bits() {
+    fn cr3_key_masks_pcid_kpti_noflush_and_high_bits() {
+        let pgd_pa = 0x1234_2000; // __pa(mm->pgd): 8 KiB aligned
+        // No PCID, no KPTI: CR3 is the root itself.
+        assert_eq!(cr3_key(pgd_pa), pgd_pa);
+        // KPTI user half (bit 12) without PCID.
+        assert_eq!(cr3_key(pgd_pa | 1 << 12), pgd_pa);
+        // PCID only (kernel ASID 1 -> PCID 2), with the no-flush bit of a CR3 write.
+        assert_eq!(cr3_key(pgd_pa | 0x002 | 1 << 63), pgd_pa);
+        // KPTI and PCID: user PCID has bit 11 set, user half bit 12.
+        assert_eq!(cr3_key(pgd_pa | 1 << 12 | 0x802 | 1 << 63), pgd_pa);
+        // Bits 52-62 (reserved, LAM on new CPUs) are no part of the root.
+        assert_eq!(cr3_key(pgd_pa | 1 << 61 | 1 << 62 | 1 << 52), pgd_pa);
+        // The highest root a 52-bit MAXPHYADDR allows survives.
+        assert_eq!(
+            cr3_key(0x000f_ffff_ffff_e000 | 0xfff),
+            0x000f_ffff_ffff_e000
+        );
         assert_eq!(normalize_cr3(0x8000_0000_1234_3005), 0x1234_2000);
-        assert_eq!(normalize_cr3(0x1234_2000), 0x1234_2000);
         let p = Proc {
             pid: 1,
             comm: "a".into(),
@@ -676,6 +774,41 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
             to: None,
         };
         assert_eq!(p.cr3_key(), Some(0x4000));
+    }
+
+    #[test]
+    fn version_2_kernel_line_round_trips_and_version_1_stays_1() {
+        let v1 = sample().to_text();
+        assert!(v1.starts_with("gk-bundle 1\n"), "{v1}");
+        let mut b = sample();
+        b.kernel = Some(Kernel {
+            release: "6.1.0-57-amd64".into(),
+            text: Some(0xffff_ffff_9a00_0000),
+        });
+        let text = b.to_text();
+        assert!(
+            text.starts_with(
+                "gk-bundle 2\nvm web1\nkernel 6.1.0-57-amd64 text=0xffffffff9a000000\nproc 1 init "
+            ),
+            "{text}"
+        );
+        assert_eq!(Bundle::parse(&text), Ok(b.clone()));
+        b.kernel = Some(Kernel {
+            release: "6.1 custom".into(),
+            text: None,
+        });
+        let text = b.to_text();
+        assert!(text.contains("\nkernel 6.1\\x20custom text=?\n"), "{text}");
+        assert_eq!(Bundle::parse(&text), Ok(b));
+        // The kernel line may come anywhere after the header, and accepts bare hex.
+        let late = Bundle::parse(
+            "gk-bundle 2\nproc 1 a cr3=0x2000\nkernel r text=ffffffff81000000\nvm v\n",
+        )
+        .unwrap();
+        assert_eq!(
+            late.kernel.map(|k| k.text),
+            Some(Some(0xffff_ffff_8100_0000))
+        );
     }
 
     fn error(text: &str) -> String {
@@ -690,17 +823,27 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
     fn errors_name_the_line_and_the_problem() {
         let h = "gk-bundle 1\nvm a\n";
         let cases: &[(String, &str)] = &[
-            ("".into(), "line 1: no `gk-bundle 1` header (the bundle is empty)"),
-            ("# only\n\n".into(), "line 3: no `gk-bundle 1` header (the bundle is empty)"),
-            ("vm a\n".into(), "line 1: expected the header `gk-bundle 1` before any record, found `vm`"),
-            ("gk-bundle 2\n".into(), "line 1: unsupported bundle version `2` (this reader knows 1)"),
-            ("gk-bundle\n".into(), "line 1: unsupported bundle version `` (this reader knows 1)"),
+            ("".into(), "line 1: no `gk-bundle 2` (or 1) header (the bundle is empty)"),
+            ("# only\n\n".into(), "line 3: no `gk-bundle 2` (or 1) header (the bundle is empty)"),
+            ("vm a\n".into(), "line 1: expected the header `gk-bundle 2` (or 1) before any record, found `vm`"),
+            ("gk-bundle 3\n".into(), "line 1: unsupported bundle version `3` (this reader knows 1 to 2)"),
+            ("gk-bundle 0\n".into(), "line 1: unsupported bundle version `0` (this reader knows 1 to 2)"),
+            ("gk-bundle +2\n".into(), "line 1: unsupported bundle version `+2` (this reader knows 1 to 2)"),
+            ("gk-bundle 02\n".into(), "line 1: unsupported bundle version `02` (this reader knows 1 to 2)"),
+            ("gk-bundle\n".into(), "line 1: unsupported bundle version `` (this reader knows 1 to 2)"),
+            (format!("{h}kernel 6.1 text=0x1000\n"), "line 3: `kernel` needs `gk-bundle 2` (this bundle says 1)"),
+            ("gk-bundle 2\nkernel\n".into(), "line 2: `kernel` needs a RELEASE"),
+            ("gk-bundle 2\nkernel 6.1\n".into(), "line 2: kernel needs `text=0xADDR` (or `text=?`), found ``"),
+            ("gk-bundle 2\nkernel 6.1 0x1000\n".into(), "line 2: kernel needs `text=0xADDR` (or `text=?`), found `0x1000`"),
+            ("gk-bundle 2\nkernel 6.1 text=zz\n".into(), "line 2: text `zz` is not a valid hex number"),
+            ("gk-bundle 2\nkernel 6.1 text=? x\n".into(), "line 2: `kernel` has an unexpected extra field `x`"),
+            ("gk-bundle 2\nkernel 6.1 text=?\nkernel 6.1 text=?\n".into(), "line 3: second `kernel` line"),
             ("gk-bundle 1 x\n".into(), "line 1: `gk-bundle` has an unexpected extra field `x`"),
             ("gk-bundle 1\n".into(), "line 2: no `vm NAME` line"),
             (format!("{h}gk-bundle 1\n"), "line 3: second `gk-bundle` header"),
             (format!("{h}vm b\n"), "line 3: second `vm` line (the bundle already names VM `a`)"),
             ("gk-bundle 1\nvm\n".into(), "line 2: `vm` needs a NAME"),
-            (format!("{h}thread 1\n"), "line 3: unknown record `thread` (expected vm, proc, map, kmap or ksym)"),
+            (format!("{h}thread 1\n"), "line 3: unknown record `thread` (expected vm, kernel, proc, map, kmap or ksym)"),
             (format!("{h}proc\n"), "line 3: `proc` needs PID"),
             (format!("{h}proc x a cr3=0x1\n"), "line 3: PID `x` is not a valid decimal number"),
             (format!("{h}proc -1 a cr3=0x1\n"), "line 3: PID `-1` is not a valid decimal number"),
@@ -733,7 +876,12 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
     #[test]
     fn garbage_never_panics() {
         // Every prefix and every single-byte corruption of a valid bundle.
-        let text = sample().to_text();
+        let mut b = sample();
+        b.kernel = Some(Kernel {
+            release: "6.1.0-57-amd64".into(),
+            text: Some(0xffff_ffff_8100_0000),
+        });
+        let text = b.to_text();
         for end in 0..=text.len() {
             if let Some(prefix) = text.get(..end) {
                 let _ = Bundle::parse(prefix);

@@ -1,25 +1,70 @@
-//! `guest-kit collect`: a bundle from a Linux guest's `/proc` (run as root).
+//! `guest-kit collect`: a bundle from a running Linux guest (run as root).
 //!
-//! - `proc` lines: every user process (`/proc/PID/stat`: comm; kernel threads, flag
-//!   `PF_KTHREAD`, are left out: they have no page tables of their own).
+//! - `kernel` line: the release (`/proc/sys/kernel/osrelease`) and the runtime address of
+//!   `_text` from `/proc/kallsyms`, so the host can relocate the kernel's System.map.
+//! - `proc` lines: every user process of `/proc` (`/proc/PID/stat`: comm), with the CR3
+//!   key of its address space: the kernel's task list is walked from `init_task` through
+//!   `/proc/kcore` with structure offsets from BTF (`/sys/kernel/btf/vmlinux`), see
+//!   [`crate::kernel`]. Kernel threads share `init_mm`: one line `proc 0 [kernel]`
+//!   stands for all of them. If the walk fails, a warning says why and every line says
+//!   `cr3=?`.
 //! - `map` lines: file-backed executable mappings of `/proc/PID/maps`.
-//! - `ksym` lines: `/proc/kallsyms`; `kmap` lines: the kernel image (`_text`..`_end`) and
-//!   each module of `/proc/modules`.
-//!
-//! **CR3 is not collected yet**: `/proc` does not show a process's page-table root, so
-//! every `proc` line says `cr3=?`.
-// TODO(cr3): read `task_struct->mm->pgd` for each PID through /proc/kcore, with the field
-// offsets taken from BTF (/sys/kernel/btf/vmlinux) and `init_task` from kallsyms; write
-// `__pa(pgd)` (== the masked CR3, see platform-notes.md "Linux as a guest").
+//! - `kmap` lines: the kernel image (`_text`..`_end`) and each module of `/proc/modules`.
+//! - `ksym` lines: `/proc/kallsyms`, only when asked for ([`Options::kallsyms`]): the
+//!   host names kernel functions from System.map and the `kernel` line instead.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::bundle::{Bundle, KMap, KSym, Map, Proc};
+use crate::bundle::{Bundle, KMap, KSym, Kernel, Map, Proc};
+use crate::kernel::btf::{BtfError, KernelTypes};
+use crate::kernel::kcore::{Kcore, KcoreError};
+use crate::kernel::tasks::{self, Cr3Map, KernelSymbols, Layout, WalkError};
 
 /// `task_struct->flags` bit of kernel threads (include/linux/sched.h).
-const PF_KTHREAD: u64 = 0x0020_0000;
+const PF_KTHREAD: u64 = tasks::PF_KTHREAD as u64;
+
+/// PID of the `proc` line that stands for all kernel threads.
+pub const KERNEL_PID: u32 = 0;
+
+/// COMM of the `proc` line that stands for all kernel threads.
+pub const KERNEL_COMM: &str = "[kernel]";
+
+/// Where the kernel's BTF is.
+pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// A list that changed under the walk is walked again, at most this often in all.
+const WALK_ATTEMPTS: usize = 3;
+
+/// What to collect, and from where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The proc file system (normally `/proc`).
+    pub proc_root: PathBuf,
+    /// The VM name for the `vm` line.
+    pub vm: String,
+    /// The kernel's BTF ([`DEFAULT_BTF`]).
+    pub btf: PathBuf,
+    /// The kernel's memory as an ELF core (`PROC/kcore` when `None`).
+    pub kcore: Option<PathBuf>,
+    /// Also write `/proc/kallsyms` as `ksym` lines.
+    pub kallsyms: bool,
+}
+
+impl Options {
+    /// Defaults for a guest whose proc file system is at `proc_root`.
+    pub fn new(proc_root: &Path, vm: &str) -> Self {
+        Options {
+            proc_root: proc_root.to_path_buf(),
+            vm: vm.to_string(),
+            btf: PathBuf::from(DEFAULT_BTF),
+            kcore: None,
+            kallsyms: false,
+        }
+    }
+}
 
 /// A bundle and what was left out of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +89,27 @@ pub enum CollectError {
     },
 }
 
-/// Collects from the proc file system at `proc_root` (normally `/proc`).
-pub fn collect(proc_root: &Path, vm: &str) -> Result<Collected, CollectError> {
+/// Why the CR3 keys could not be read (the bundle then says `cr3=?`).
+#[derive(Debug, thiserror::Error)]
+pub enum Cr3Error {
+    #[error("{}: {source}", path.display())]
+    Symbols { path: PathBuf, source: WalkError },
+    #[error("cannot read {}: {source}", path.display())]
+    ReadBtf { path: PathBuf, source: io::Error },
+    #[error("{}: {source}", path.display())]
+    Btf { path: PathBuf, source: BtfError },
+    #[error("{}: {source}", path.display())]
+    Kcore { path: PathBuf, source: KcoreError },
+    #[error("{}: {source}", path.display())]
+    Walk { path: PathBuf, source: WalkError },
+}
+
+/// Collects what [`Options`] say.
+pub fn collect(opts: &Options) -> Result<Collected, CollectError> {
+    let proc_root = opts.proc_root.as_path();
     let mut out = Collected {
         bundle: Bundle {
-            vm: vm.to_string(),
+            vm: opts.vm.clone(),
             ..Bundle::default()
         },
         warnings: Vec::new(),
@@ -60,20 +121,36 @@ pub fn collect(proc_root: &Path, vm: &str) -> Result<Collected, CollectError> {
     }
     let kallsyms = proc_root.join("kallsyms");
     let text = read(&kallsyms)?;
-    out.bundle.ksyms = parse_kallsyms(&kallsyms, &text)?;
-    if !out.bundle.ksyms.is_empty() && out.bundle.ksyms.iter().all(|s| s.addr == 0) {
+    let ksyms = parse_kallsyms(&kallsyms, &text)?;
+    if !ksyms.is_empty() && ksyms.iter().all(|s| s.addr == 0) {
         out.warnings.push(format!(
             "{}: every address is 0 (not root, or kernel.kptr_restrict): kernel symbols are useless",
             kallsyms.display()
         ));
     }
     let find = |name: &str| {
-        out.bundle
-            .ksyms
+        ksyms
             .iter()
             .find(|s| s.module.is_none() && s.name == name)
             .map(|s| s.addr)
+            .filter(|a| *a != 0)
     };
+    let osrelease = proc_root.join("sys/kernel/osrelease");
+    match fs::read_to_string(&osrelease) {
+        Ok(release) if !release.trim().is_empty() => {
+            out.bundle.kernel = Some(Kernel {
+                release: release.trim().to_string(),
+                text: find("_text"),
+            });
+        }
+        Ok(_) => out
+            .warnings
+            .push(format!("{}: empty: no kernel line", osrelease.display())),
+        Err(e) => out.warnings.push(format!(
+            "cannot read {}: {e}: no kernel line",
+            osrelease.display()
+        )),
+    }
     match (find("_text"), find("_end").or_else(|| find("_etext"))) {
         (Some(start), Some(end)) if start < end => out.bundle.kmaps.push(KMap {
             start,
@@ -100,7 +177,103 @@ pub fn collect(proc_root: &Path, vm: &str) -> Result<Collected, CollectError> {
             });
         }
     }
+    match read_cr3_map(opts, &kallsyms, &ksyms) {
+        Ok(map) => add_cr3s(&map, &mut out),
+        Err(e) => out.warnings.push(format!(
+            "cr3 not collected, every proc line says cr3=?: {e}"
+        )),
+    }
+    if opts.kallsyms {
+        out.bundle.ksyms = ksyms;
+    }
     Ok(out)
+}
+
+/// Symbols from kallsyms, offsets from BTF, memory from kcore: the CR3 map.
+pub fn read_cr3_map(opts: &Options, kallsyms: &Path, ksyms: &[KSym]) -> Result<Cr3Map, Cr3Error> {
+    let syms = KernelSymbols::from_kallsyms(ksyms).map_err(|source| Cr3Error::Symbols {
+        path: kallsyms.to_path_buf(),
+        source,
+    })?;
+    let btf_path = &opts.btf;
+    let btf = fs::read(btf_path).map_err(|source| Cr3Error::ReadBtf {
+        path: btf_path.clone(),
+        source,
+    })?;
+    let offsets = KernelTypes::parse(&btf)
+        .and_then(|types| types.task_offsets())
+        .map_err(|source| Cr3Error::Btf {
+            path: btf_path.clone(),
+            source,
+        })?;
+    drop(btf);
+    let kcore_path = opts
+        .kcore
+        .clone()
+        .unwrap_or_else(|| opts.proc_root.join("kcore"));
+    let kcore = Kcore::open(&kcore_path).map_err(|source| Cr3Error::Kcore {
+        path: kcore_path.clone(),
+        source,
+    })?;
+    let walk_err = |source| Cr3Error::Walk {
+        path: kcore_path.clone(),
+        source,
+    };
+    let layout = Layout::read(&kcore, &syms).map_err(walk_err)?;
+    let mut attempt = 1;
+    loop {
+        match tasks::cr3_map(&kcore, &syms, &offsets, &layout, tasks::MAX_TASKS) {
+            Ok(map) => return Ok(map),
+            Err(e) if e.is_transient() && attempt < WALK_ATTEMPTS => attempt += 1,
+            Err(e) => return Err(walk_err(e)),
+        }
+    }
+}
+
+/// Puts the keys into the `proc` lines; adds processes /proc did not show and the
+/// kernel line.
+fn add_cr3s(map: &Cr3Map, out: &mut Collected) {
+    let procs = &mut out.bundle.procs;
+    let mut missing = Vec::new();
+    for p in procs.iter_mut() {
+        match map.user.get(&p.pid) {
+            Some(u) => p.cr3 = Some(u.cr3),
+            // Zombies keep their /proc entry but no address space: cr3=?, no warning.
+            None if map.without_mm.contains(&p.pid) => {}
+            None => missing.push(p.pid),
+        }
+    }
+    let listed: BTreeSet<u32> = procs.iter().map(|p| p.pid).collect();
+    for (pid, u) in &map.user {
+        if !listed.contains(pid) {
+            procs.push(Proc {
+                pid: *pid,
+                comm: if u.comm.is_empty() {
+                    "?".into()
+                } else {
+                    u.comm.clone()
+                },
+                cr3: Some(u.cr3),
+                from: None,
+                to: None,
+            });
+        }
+    }
+    procs.push(Proc {
+        pid: KERNEL_PID,
+        comm: KERNEL_COMM.to_string(),
+        cr3: Some(map.kernel),
+        from: None,
+        to: None,
+    });
+    procs.sort_by_key(|p| p.pid);
+    out.warnings.extend(map.notes.iter().cloned());
+    if let Some(first) = missing.first() {
+        out.warnings.push(format!(
+            "{} process(es) of /proc not in the kernel's task list (exited?), cr3=?: first pid {first}",
+            missing.len()
+        ));
+    }
 }
 
 fn read(path: &Path) -> Result<String, CollectError> {
@@ -305,6 +478,7 @@ fn parse_modules(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::synth::{self, FakeKernel, FakeTask};
 
     fn write(root: &Path, rel: &str, text: &str) {
         let path = root.join(rel);
@@ -312,9 +486,41 @@ mod tests {
         fs::write(path, text).unwrap();
     }
 
+    /// The kernel behind the fixture: init (1, pgd at 0x80000), kthreadd (2), the web
+    /// process (42, pgd at 0x82000), `late` (99, pgd at 0x84000), which started after
+    /// /proc was listed, and a zombie (50).
+    fn fake_kernel() -> FakeKernel {
+        let mut k = FakeKernel::new();
+        for (pid, comm, pgd) in [
+            (1, "init", Some(0x8_0000)),
+            (2, "kthreadd", None),
+            (42, "Web (Content) 1", Some(0x8_2000)),
+            (99, "late", Some(0x8_4000)),
+        ] {
+            let mm = pgd.map_or(0, |p| k.add_mm(p));
+            k.add_task(&FakeTask {
+                pid,
+                comm,
+                kthread: pgd.is_none(),
+                mm,
+                active_mm: mm,
+            });
+        }
+        // A zombie: no mm any more, not a kernel thread.
+        k.add_task(&FakeTask {
+            pid: 50,
+            comm: "defunct",
+            kthread: false,
+            mm: 0,
+            active_mm: 0,
+        });
+        k
+    }
+
     /// A /proc with: init (pid 1), a process whose comm has spaces and parentheses
     /// (pid 42), a kernel thread (pid 2), a vanished process (dir without files), and a
-    /// non-PID entry.
+    /// non-PID entry; `kcore` and a BTF file (`btf`, beside the /proc tree) of
+    /// [`fake_kernel`].
     fn fixture() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -340,15 +546,18 @@ mod tests {
         );
         write(root, "2/stat", "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0\n");
         write(root, "2/maps", "");
+        write(root, "50/stat", "50 (defunct) Z 1 50 50 0 -1 4227084 0 0\n");
+        write(root, "50/maps", "");
         fs::create_dir_all(root.join("77")).unwrap();
         write(root, "sys/kernel/hostname", "guest1\n");
+        write(root, "sys/kernel/osrelease", "6.1.0-57-amd64\n");
         write(
             root,
             "kallsyms",
-            "ffffffff81000000 T _text\n\
-             ffffffff81001000 T do_syscall_64\n\
-             ffffffff83000000 B _end\n\
-             ffffffffc0a01000 t ext4_fill_super\t[ext4]\n",
+            &format!(
+                "{}ffffffffc0a01000 t ext4_fill_super\t[ext4]\n",
+                FakeKernel::kallsyms()
+            ),
         );
         write(
             root,
@@ -356,13 +565,22 @@ mod tests {
             "ext4 995328 1 - Live 0xffffffffc0a00000\n\
              crc16 16384 1 ext4, Live 0xffffffffc09f0000 (E)\n",
         );
+        fs::write(root.join("kcore"), fake_kernel().kcore()).unwrap();
+        fs::write(root.join("btf"), synth::btf()).unwrap();
         dir
     }
 
+    fn options(dir: &tempfile::TempDir) -> Options {
+        Options {
+            btf: dir.path().join("btf"),
+            ..Options::new(dir.path(), "vm1")
+        }
+    }
+
     #[test]
-    fn collects_processes_maps_and_kernel() {
+    fn collects_processes_with_cr3_maps_and_kernel() {
         let dir = fixture();
-        let got = collect(dir.path(), "vm1").unwrap();
+        let got = collect(&options(&dir)).unwrap();
         assert_eq!(got.warnings, Vec::<String>::new());
         let b = &got.bundle;
         let procs: Vec<(u32, &str, Option<u64>)> = b
@@ -370,7 +588,23 @@ mod tests {
             .iter()
             .map(|p| (p.pid, p.comm.as_str(), p.cr3))
             .collect();
-        assert_eq!(procs, [(1, "init", None), (42, "Web (Content) 1", None)]);
+        assert_eq!(
+            procs,
+            [
+                (0, "[kernel]", Some(synth::pa_symbol(synth::SWAPPER_PG_DIR))),
+                (1, "init", Some(0x8_0000)),
+                (42, "Web (Content) 1", Some(0x8_2000)),
+                (50, "defunct", None),
+                (99, "late", Some(0x8_4000)),
+            ]
+        );
+        assert_eq!(
+            b.kernel,
+            Some(Kernel {
+                release: "6.1.0-57-amd64".into(),
+                text: Some(synth::TEXT)
+            })
+        );
         let maps: Vec<(u32, u64, u64, u64, &str)> = b
             .maps
             .iter()
@@ -404,7 +638,7 @@ mod tests {
         assert_eq!(
             kmaps,
             [
-                (0xffff_ffff_8100_0000, 0xffff_ffff_8300_0000, "vmlinux"),
+                (synth::TEXT, synth::TEXT + synth::IMAGE_SIZE, "vmlinux"),
                 (
                     0xffff_ffff_c0a0_0000,
                     0xffff_ffff_c0a0_0000 + 995_328,
@@ -417,13 +651,87 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(b.ksyms.len(), 4);
-        assert_eq!(b.ksyms[3].module.as_deref(), Some("ext4"));
+        // No ksym lines unless asked for.
+        assert!(b.ksyms.is_empty());
         // The written bundle reads back the same.
-        assert_eq!(Bundle::parse(&b.to_text()).as_ref(), Ok(b));
+        let text = b.to_text();
+        assert_eq!(Bundle::parse(&text).as_ref(), Ok(b));
         assert!(
-            b.to_text()
+            text.starts_with(
+                "gk-bundle 2\nvm vm1\nkernel 6.1.0-57-amd64 text=0xffffffff9a000000\n\
+                 proc 0 [kernel] cr3=0x3a004000\nproc 1 init cr3=0x80000\n\
+                 proc 42 Web\\x20(Content)\\x201 cr3=0x82000\nproc 50 defunct cr3=?\n\
+                 proc 99 late cr3=0x84000\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn kallsyms_lines_on_request() {
+        let dir = fixture();
+        let got = collect(&Options {
+            kallsyms: true,
+            ..options(&dir)
+        })
+        .unwrap();
+        let b = &got.bundle;
+        assert_eq!(b.ksyms.len(), 10);
+        assert_eq!(b.ksyms[9].module.as_deref(), Some("ext4"));
+        assert_eq!(Bundle::parse(&b.to_text()).as_ref(), Ok(b));
+    }
+
+    #[test]
+    fn without_kcore_or_btf_cr3_is_unknown_with_one_warning() {
+        let dir = fixture();
+        fs::remove_file(dir.path().join("kcore")).unwrap();
+        let got = collect(&options(&dir)).unwrap();
+        let root = dir.path().display();
+        assert_eq!(
+            got.warnings,
+            [format!(
+                "cr3 not collected, every proc line says cr3=?: {root}/kcore: cannot open it: No such file or directory (os error 2)"
+            )]
+        );
+        let procs: Vec<(u32, Option<u64>)> =
+            got.bundle.procs.iter().map(|p| (p.pid, p.cr3)).collect();
+        assert_eq!(procs, [(1, None), (42, None), (50, None)]);
+        assert!(
+            got.bundle
+                .to_text()
                 .contains("proc 42 Web\\x20(Content)\\x201 cr3=?\n")
+        );
+
+        let got = collect(&Options {
+            btf: dir.path().join("nope"),
+            ..options(&dir)
+        })
+        .unwrap();
+        assert_eq!(
+            got.warnings,
+            [format!(
+                "cr3 not collected, every proc line says cr3=?: cannot read {root}/nope: No such file or directory (os error 2)"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_broken_task_list_is_a_warning() {
+        let dir = fixture();
+        let mut k = fake_kernel();
+        // Point the last task back at itself: a cycle that never reaches init_task.
+        let node = k.tasks[3] + synth::OFFSETS.tasks;
+        k.core.write_u64(node, node);
+        fs::write(dir.path().join("kcore"), k.kcore()).unwrap();
+        let got = collect(&options(&dir)).unwrap();
+        assert_eq!(got.warnings.len(), 1, "{:?}", got.warnings);
+        assert!(
+            got.warnings[0].starts_with(&format!(
+                "cr3 not collected, every proc line says cr3=?: {}/kcore: tasks list: node {node:#x} comes back after 5 tasks",
+                dir.path().display()
+            )),
+            "{}",
+            got.warnings[0]
         );
     }
 
@@ -433,14 +741,14 @@ mod tests {
         write(
             dir.path(),
             "kallsyms",
-            "0000000000000000 T _text\n0000000000000000 B _end\n",
+            "0000000000000000 T _text\n0000000000000000 D init_task\n0000000000000000 B _end\n",
         );
         write(
             dir.path(),
             "modules",
             "ext4 995328 1 - Live 0x0000000000000000\n",
         );
-        let got = collect(dir.path(), "vm1").unwrap();
+        let got = collect(&options(&dir)).unwrap();
         let root = dir.path().display();
         assert_eq!(
             got.warnings,
@@ -454,7 +762,22 @@ mod tests {
                 format!(
                     "{root}/modules: line 1: module ext4 has no address (not root?): no kmap line"
                 ),
+                format!(
+                    "cr3 not collected, every proc line says cr3=?: {root}/kallsyms: kallsyms shows address 0 for init_task (not root, or kernel.kptr_restrict=2)"
+                ),
             ]
+        );
+        assert_eq!(
+            got.bundle.kernel,
+            Some(Kernel {
+                release: "6.1.0-57-amd64".into(),
+                text: None
+            })
+        );
+        assert!(
+            got.bundle
+                .to_text()
+                .contains("\nkernel 6.1.0-57-amd64 text=?\n")
         );
     }
 
@@ -462,7 +785,7 @@ mod tests {
     fn broken_files_give_one_line_errors() {
         let dir = fixture();
         write(dir.path(), "kallsyms", "ffffffff81000000 T _text\nzz T x\n");
-        let err = collect(dir.path(), "vm1").unwrap_err().to_string();
+        let err = collect(&options(&dir)).unwrap_err().to_string();
         assert_eq!(
             err,
             format!(
@@ -473,14 +796,16 @@ mod tests {
 
         write(dir.path(), "kallsyms", "ffffffff81000000 T _text\n");
         write(dir.path(), "modules", "ext4 big 1 - Live 0x1\n");
-        let err = collect(dir.path(), "vm1").unwrap_err().to_string();
+        let err = collect(&options(&dir)).unwrap_err().to_string();
         assert_eq!(
             err,
             format!("{}/modules: line 1: bad size `big`", dir.path().display())
         );
 
         let missing = dir.path().join("nope");
-        let err = collect(&missing, "vm1").unwrap_err().to_string();
+        let err = collect(&Options::new(&missing, "vm1"))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(&format!("cannot list {}: ", missing.display())),
             "{err}"

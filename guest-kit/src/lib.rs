@@ -1,7 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 pub mod bundle;
+#[cfg(feature = "collect")]
 pub mod collect;
+pub mod kernel;
 pub mod truth;
 
-pub use bundle::{Bundle, KMap, KSym, Map, ParseError, ParseErrorKind, Proc, normalize_cr3};
+pub use bundle::{
+    Bundle, KMap, KSym, Kernel, Map, ParseError, ParseErrorKind, Proc, cr3_key, normalize_cr3,
+};

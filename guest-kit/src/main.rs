@@ -6,21 +6,28 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use guest_kit::bundle::{Bundle, bundles_from_console};
-use guest_kit::collect::collect;
+use guest_kit::collect::{Options, collect};
 use guest_kit::truth::truth_from_console;
 
 const HELP: &str = "\
 guest-kit: what only the guest knows, for the whole-machine profiler
 
 USAGE:
-  guest-kit collect [--out FILE|-] [--vm NAME] [--proc DIR]
+  guest-kit collect [--out FILE|-] [--vm NAME] [--proc DIR] [--btf FILE] [--kcore FILE]
+                    [--kallsyms]
       Run as root inside a Linux guest. Writes a guest bundle (docs/contracts.md):
-      user processes (comm), their file-backed executable mappings, the kernel image
-      and modules, and /proc/kallsyms. --out defaults to `-` (stdout); --vm defaults
-      to the host name; --proc defaults to /proc.
-      LIMITATION: /proc does not show a process's page-table root, so every `proc`
-      line says `cr3=?` for now (reading mm->pgd via /proc/kcore + BTF is a TODO).
-      Without root, kallsyms and module addresses read as 0 (a warning says so).
+      the kernel's release and runtime `_text` (a `kernel` line: the host relocates
+      that kernel's System.map by it), user processes (comm) with the CR3 of their
+      address space, one `proc 0 [kernel]` line for all kernel threads, their
+      file-backed executable mappings, and the kernel image and modules.
+      CR3: the kernel's task list is walked from init_task through /proc/kcore, with
+      structure offsets from the kernel's BTF; if that fails, a warning says why and
+      the `proc` lines say `cr3=?`.
+      --out defaults to `-` (stdout); --vm to the host name; --proc to /proc;
+      --btf to /sys/kernel/btf/vmlinux; --kcore to PROC/kcore. --kallsyms also writes
+      /proc/kallsyms as `ksym` lines (large: about 200,000 lines).
+      Without root, kallsyms and module addresses read as 0 (a warning says so) and
+      no CR3 can be read.
 
   guest-kit extract CONSOLE [--out-dir DIR]
       Picks `[NAME] @gk ...` lines out of a console log, checks each bundle and
@@ -64,18 +71,21 @@ enum Failure {
 /// `--key value` pairs, and the positional arguments.
 type Parsed<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
 
-/// Splits `--key value` options (each allowed once) from positional arguments.
-fn options<'a>(args: &'a [String], known: &[&str]) -> Result<Parsed<'a>, Failure> {
+/// Splits `--key value` options and `--flag`s (each allowed once; a flag reads as the
+/// value `""`) from positional arguments.
+fn options<'a>(args: &'a [String], known: &[&str], flags: &[&str]) -> Result<Parsed<'a>, Failure> {
     let (mut opts, mut positional): (Vec<(&str, &str)>, Vec<&str>) = (Vec::new(), Vec::new());
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         if arg.starts_with("--") && arg != "-" {
-            if !known.contains(&arg.as_str()) {
+            let value = if flags.contains(&arg.as_str()) {
+                ""
+            } else if known.contains(&arg.as_str()) {
+                it.next()
+                    .ok_or_else(|| Failure::Usage(format!("`{arg}` needs a value")))?
+            } else {
                 return Err(Failure::Usage(format!("unknown option `{arg}`")));
-            }
-            let value = it
-                .next()
-                .ok_or_else(|| Failure::Usage(format!("`{arg}` needs a value")))?;
+            };
             if opts.iter().any(|(k, _)| k == arg) {
                 return Err(Failure::Usage(format!("`{arg}` given twice")));
             }
@@ -92,7 +102,11 @@ fn get<'a>(opts: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
 }
 
 fn run_collect(args: &[String]) -> Result<(), Failure> {
-    let (opts, positional) = options(args, &["--out", "--vm", "--proc"])?;
+    let (opts, positional) = options(
+        args,
+        &["--out", "--vm", "--proc", "--btf", "--kcore"],
+        &["--kallsyms"],
+    )?;
     if let Some(extra) = positional.first() {
         return Err(Failure::Usage(format!("unexpected argument `{extra}`")));
     }
@@ -105,7 +119,13 @@ fn run_collect(args: &[String]) -> Result<(), Failure> {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "guest".to_string()),
     };
-    let collected = collect(&proc_root, &vm).map_err(|e| Failure::Failed(e.to_string()))?;
+    let mut collect_opts = Options::new(&proc_root, &vm);
+    if let Some(btf) = get(&opts, "--btf") {
+        collect_opts.btf = PathBuf::from(btf);
+    }
+    collect_opts.kcore = get(&opts, "--kcore").map(PathBuf::from);
+    collect_opts.kallsyms = get(&opts, "--kallsyms").is_some();
+    let collected = collect(&collect_opts).map_err(|e| Failure::Failed(e.to_string()))?;
     for warning in &collected.warnings {
         eprintln!("guest-kit: warning: {warning}");
     }
@@ -118,18 +138,27 @@ fn run_collect(args: &[String]) -> Result<(), Failure> {
             fs::write(path, text).map_err(|e| Failure::Failed(format!("cannot write {path}: {e}")))
         }
     }?;
+    let b = &collected.bundle;
+    let kernel = match &b.kernel {
+        Some(k) => match k.text {
+            Some(text) => format!("kernel {} text={text:#x}", k.release),
+            None => format!("kernel {} text=?", k.release),
+        },
+        None => "no kernel line".to_string(),
+    };
     eprintln!(
-        "guest-kit: {} processes, {} mappings, {} kernel maps, {} kernel symbols (cr3 not collected: cr3=?)",
-        collected.bundle.procs.len(),
-        collected.bundle.maps.len(),
-        collected.bundle.kmaps.len(),
-        collected.bundle.ksyms.len()
+        "guest-kit: {} proc lines ({} with cr3), {} mappings, {} kernel maps, {} kernel symbols, {kernel}",
+        b.procs.len(),
+        b.procs.iter().filter(|p| p.cr3.is_some()).count(),
+        b.maps.len(),
+        b.kmaps.len(),
+        b.ksyms.len()
     );
     Ok(())
 }
 
 fn run_extract(args: &[String]) -> Result<(), Failure> {
-    let (opts, positional) = options(args, &["--out-dir"])?;
+    let (opts, positional) = options(args, &["--out-dir"], &[])?;
     let [console] = positional[..] else {
         return Err(Failure::Usage("`extract` takes one CONSOLE file".into()));
     };

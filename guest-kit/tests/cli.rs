@@ -3,6 +3,8 @@
 use std::fs;
 use std::process::{Command, Output};
 
+use guest_kit::kernel::synth::{self, FakeKernel, FakeTask};
+
 fn guest_kit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_guest-kit"))
         .args(args)
@@ -28,32 +30,61 @@ fn usage_errors_exit_2_with_one_line() {
         text(&out.stderr),
         "guest-kit: `--out` needs a value (see `guest-kit --help`)\n"
     );
+    let out = guest_kit(&["collect", "--kallsyms", "--kallsyms"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "guest-kit: `--kallsyms` given twice (see `guest-kit --help`)\n"
+    );
     let out = guest_kit(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stdout).contains("`cr3=?`"));
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("`cr3=?`") && help.contains("--kallsyms"),
+        "{help}"
+    );
 }
 
-#[test]
-fn collect_writes_a_bundle_from_a_proc_tree() {
-    let dir = tempfile::tempdir().unwrap();
-    let proc_root = dir.path().join("proc");
+/// A /proc tree with one shell (pid 7) over the synthetic kernel of
+/// `guest_kit::kernel::synth` (sh's page tables at physical 0x80000).
+fn proc_tree(dir: &std::path::Path) -> std::path::PathBuf {
+    let proc_root = dir.join("proc");
     fs::create_dir_all(proc_root.join("7")).unwrap();
+    fs::create_dir_all(proc_root.join("sys/kernel")).unwrap();
     fs::write(proc_root.join("7/stat"), "7 (sh) S 1 7 7 0 -1 4194304 0\n").unwrap();
     fs::write(
         proc_root.join("7/maps"),
         "00400000-00401000 r-xp 00000000 08:01 5 /bin/sh\n",
     )
     .unwrap();
-    fs::write(
-        proc_root.join("kallsyms"),
-        "ffffffff81000000 T _text\nffffffff82000000 B _end\n",
-    )
-    .unwrap();
+    fs::write(proc_root.join("sys/kernel/osrelease"), "6.1.0-57-amd64\n").unwrap();
+    fs::write(proc_root.join("kallsyms"), FakeKernel::kallsyms()).unwrap();
+    let mut k = FakeKernel::new();
+    let mm = k.add_mm(0x8_0000);
+    k.add_task(&FakeTask {
+        pid: 7,
+        comm: "sh",
+        kthread: false,
+        mm,
+        active_mm: mm,
+    });
+    fs::write(proc_root.join("kcore"), k.kcore()).unwrap();
+    fs::write(dir.join("vmlinux.btf"), synth::btf()).unwrap();
+    proc_root
+}
+
+#[test]
+fn collect_writes_a_bundle_with_cr3_and_kernel_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_root = proc_tree(dir.path());
     let out_file = dir.path().join("out.bundle");
+    let btf = dir.path().join("vmlinux.btf");
     let out = guest_kit(&[
         "collect",
         "--proc",
         proc_root.to_str().unwrap(),
+        "--btf",
+        btf.to_str().unwrap(),
         "--vm",
         "v1",
         "--out",
@@ -62,13 +93,45 @@ fn collect_writes_a_bundle_from_a_proc_tree() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         fs::read_to_string(&out_file).unwrap(),
-        "gk-bundle 1\nvm v1\nproc 7 sh cr3=?\nmap 7 400000 401000 0 /bin/sh\n\
-         kmap ffffffff81000000 ffffffff82000000 vmlinux\n\
-         ksym ffffffff81000000 T _text\nksym ffffffff82000000 B _end\n"
+        "gk-bundle 2\nvm v1\nkernel 6.1.0-57-amd64 text=0xffffffff9a000000\n\
+         proc 0 [kernel] cr3=0x3a004000\nproc 7 sh cr3=0x80000\n\
+         map 7 400000 401000 0 /bin/sh\n\
+         kmap ffffffff9a000000 ffffffff9a010000 vmlinux\n"
     );
     assert_eq!(
         text(&out.stderr),
-        "guest-kit: 1 processes, 1 mappings, 1 kernel maps, 2 kernel symbols (cr3 not collected: cr3=?)\n"
+        "guest-kit: 2 proc lines (2 with cr3), 1 mappings, 1 kernel maps, 0 kernel symbols, \
+         kernel 6.1.0-57-amd64 text=0xffffffff9a000000\n"
+    );
+
+    // --kallsyms adds the ksym lines; without BTF the CR3s are unknown, with a warning.
+    let out = guest_kit(&[
+        "collect",
+        "--proc",
+        proc_root.to_str().unwrap(),
+        "--btf",
+        dir.path().join("missing").to_str().unwrap(),
+        "--vm",
+        "v1",
+        "--kallsyms",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bundle = text(&out.stdout);
+    assert!(bundle.contains("\nproc 7 sh cr3=?\n"), "{bundle}");
+    assert!(
+        bundle.contains("\nksym ffffffff9a000000 T _text\n"),
+        "{bundle}"
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "guest-kit: warning: cr3 not collected, every proc line says cr3=?: cannot read "
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("guest-kit: 1 proc lines (0 with cr3), 1 mappings, 1 kernel maps, 9 kernel symbols, kernel 6.1.0-57-amd64 text=0xffffffff9a000000\n"),
+        "{stderr}"
     );
 }
 

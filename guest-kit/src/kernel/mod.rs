@@ -1,0 +1,14 @@
+//! Reading the running Linux kernel from user space, as root, without a module: the CR3
+//! key of every process.
+//!
+//! - [`kcore`]: kernel virtual memory through `/proc/kcore` (an ELF core file).
+//! - [`btf`]: `task_struct`/`mm_struct` field offsets from `/sys/kernel/btf/vmlinux`
+//!   (feature `collect`, the default: it needs the `btfparse` crate).
+//! - [`tasks`]: the walk of `init_task.tasks` and `__pa(mm->pgd)` of each process.
+//! - [`synth`]: synthetic kernels (BTF, kcore, kallsyms) for tests.
+
+#[cfg(feature = "collect")]
+pub mod btf;
+pub mod kcore;
+pub mod synth;
+pub mod tasks;
