@@ -9,7 +9,7 @@ source "$root/qemu/common.sh"
 name=run-tcg.sh
 iso="$root/build/hypervisor.iso"
 out="$root/build/tcg-run"
-mem=512
+mem=1024
 cpus=1
 extra=()
 

@@ -17,6 +17,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "ovmf",
     "busybox-static",
+    "xz-utils",
 ];
 
 /// Whether `dpkg-query` reports `package` as installed.

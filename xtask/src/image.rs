@@ -1,28 +1,97 @@
 //! `cargo xtask image`: the hypervisor, its guest modules and a bootable GRUB ISO.
 
+use crate::initramfs::{self, Init};
+use crate::kernel::{self, KernelFiles};
 use crate::{cmd, paths};
 use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Where a guest module's ELF comes from.
+/// The kernel command line of Linux guests, unless a scenario says otherwise:
+///
+/// - `console=ttyS0`: the console is the 16550 at 0x3f8 (relayed as `[NAME] line`);
+/// - `quiet`: only warnings from the kernel, so the console shows the scenario's lines;
+/// - `cryptomgr.notests`: no crypto self-tests at boot (seconds of emulated time);
+/// - `mitigations=off`: no speculation workarounds (KPTI would switch CR3 on every
+///   kernel entry, and the retpolines and buffer clears change what is profiled);
+/// - `8250.nr_uarts=1`: probe one UART only (the others are not emulated);
+/// - `panic=-1`: reboot at once on a panic instead of hanging, so the VM ends;
+/// - `tsc=reliable`: no clocksource watchdog. With no HPET or ACPI PM timer its only
+///   reference is jiffies, which fall behind whenever the hypervisor holds the pCPU (a
+///   sampling exit, the console), and it would then declare the TSC unstable and move
+///   the guest to jiffies. The TSC is the host's own, offset 0: it is the reliable clock.
+pub const LINUX_CMDLINE: &str = "console=ttyS0 quiet cryptomgr.notests mitigations=off 8250.nr_uarts=1 panic=-1 tsc=reliable";
+
+/// Guest RAM of Linux VMs, MiB.
+pub const LINUX_MEM_MB: u32 = 256;
+
+/// Which of Debian's kernel files a Linux guest boots ([`kernel::ensure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinuxKernel {
+    /// `vmlinux`, the uncompressed ELF, entered through its PVH note.
+    Pvh,
+    /// `vmlinuz`, the bzImage as shipped (it decompresses itself).
+    BzImage,
+}
+
+impl LinuxKernel {
+    /// The GRUB module name: the first word of the module's command line.
+    pub fn module(self) -> &'static str {
+        match self {
+            LinuxKernel::Pvh => "vmlinux",
+            LinuxKernel::BzImage => "vmlinuz",
+        }
+    }
+
+    /// The file name under `/boot` in the image.
+    pub fn boot_file(self) -> &'static str {
+        match self {
+            LinuxKernel::Pvh => "vmlinux.elf",
+            LinuxKernel::BzImage => "vmlinuz",
+        }
+    }
+
+    /// The kernel file among `files`.
+    pub fn source(self, files: &KernelFiles) -> &Path {
+        match self {
+            LinuxKernel::Pvh => &files.vmlinux,
+            LinuxKernel::BzImage => &files.vmlinuz,
+        }
+    }
+}
+
+/// What a VM boots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Guest {
     /// The ground-truth guest crate at `tests/truth-guest`, built for `x86_64-unknown-none`.
     TruthGuest,
     /// A prebuilt ELF file.
     Elf(PathBuf),
+    /// Debian's Linux kernel ([`kernel::ensure`]) with an initramfs and a command line.
+    /// GRUB gets `module2 /boot/KERNEL MODULE CMDLINE` (the hypervisor takes the first
+    /// word as the module's name, the rest as the guest's command line) and
+    /// `module2 /boot/NAME-initrd.cpio NAME-initrd`; the VM gets `:initrd=NAME-initrd`.
+    Linux {
+        /// vmlinux (PVH) or vmlinuz (bzImage).
+        kernel: LinuxKernel,
+        /// The initramfs (e.g. from [`initramfs::build_initramfs`]).
+        initrd: PathBuf,
+        /// The kernel command line (e.g. [`LINUX_CMDLINE`]).
+        cmdline: String,
+    },
 }
 
-/// One VM of a scenario: `vm=NAME:MODULE[:vcpus=N][:mem_mb=M]` on the hypervisor command line.
+/// One VM of a scenario: `vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=M]` on the
+/// hypervisor command line (`initrd=` for Linux guests).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
     /// VM name; its console lines come back as `[NAME] ...`.
     pub name: String,
-    /// Module name given to GRUB's `module2` (also the file name under `/boot`).
+    /// Module name given to GRUB's `module2` (also the file name under `/boot`; for
+    /// Linux guests [`LinuxKernel::module`]).
     pub module: String,
-    /// The guest ELF.
+    /// What the VM boots.
     pub guest: Guest,
     /// Number of vCPUs (hypervisor default when `None`).
     pub vcpus: Option<u32>,
@@ -30,10 +99,73 @@ pub struct VmSpec {
     pub mem_mb: Option<u32>,
 }
 
+impl VmSpec {
+    /// The VM running the ground-truth guest, named `truth`.
+    pub fn truth() -> Self {
+        VmSpec {
+            name: "truth".into(),
+            module: "truth-guest".into(),
+            guest: Guest::TruthGuest,
+            vcpus: None,
+            mem_mb: None,
+        }
+    }
+
+    /// A Linux VM with [`LINUX_MEM_MB`] of RAM.
+    pub fn linux(name: &str, kernel: LinuxKernel, initrd: PathBuf, cmdline: &str) -> Self {
+        VmSpec {
+            name: name.into(),
+            module: kernel.module().into(),
+            guest: Guest::Linux {
+                kernel,
+                initrd,
+                cmdline: cmdline.into(),
+            },
+            vcpus: None,
+            mem_mb: Some(LINUX_MEM_MB),
+        }
+    }
+
+    /// The initrd's module name (`NAME-initrd`), for Linux guests.
+    pub fn initrd_module(&self) -> Option<String> {
+        matches!(self.guest, Guest::Linux { .. }).then(|| format!("{}-initrd", self.name))
+    }
+}
+
+/// The named scenarios of `cargo xtask image/run --scenario NAME`, with a line each.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "linux",
+        "Debian's kernel entered by PVH (vmlinux) with the workload initramfs, VM `linux`",
+    ),
+    (
+        "linux-bzimage",
+        "the same from the bzImage (vmlinuz), which decompresses itself",
+    ),
+    (
+        "linux-procs",
+        "Debian's kernel (PVH), VM `linux`: two instances of the workload, the spinner and a short-lived workload under `guest-kit watch`",
+    ),
+    (
+        "linux-triplefault",
+        "Linux restarting by triple fault (reboot=t) as VM `linux`, the ground-truth guest as VM `truth`",
+    ),
+    (
+        "truth",
+        "the ground-truth guest alone, VM `truth` (its image is build/hypervisor.iso)",
+    ),
+];
+
+/// The scenario `cargo xtask image` and `run` build when none is named.
+pub const DEFAULT_SCENARIO: &str = "linux";
+
 /// What to boot: which guests and with which hypervisor command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scenario {
-    /// `default` builds into `build/`; any other name into `build/scenarios/NAME/`.
+    /// `truth` (and the older `default`) build into `build/`, so `build/hypervisor.iso`
+    /// stays the ground-truth image that the end-to-end tests, `qemu/*.sh` and
+    /// `cargo xtask boot` use by default; any other name builds into
+    /// `build/scenarios/NAME/`.
     pub name: String,
     /// `sample_hz=` on the command line.
     pub sample_hz: u32,
@@ -46,21 +178,16 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// The main scenario: the ground-truth guest as VM `truth` when its crate exists.
+    /// The ground-truth scenario: the ground-truth guest as VM `truth` when its crate
+    /// exists.
     pub fn default_scenario() -> Self {
         let vms = if paths::truth_guest_manifest().is_file() {
-            vec![VmSpec {
-                name: "truth".into(),
-                module: "truth-guest".into(),
-                guest: Guest::TruthGuest,
-                vcpus: None,
-                mem_mb: None,
-            }]
+            vec![VmSpec::truth()]
         } else {
             Vec::new()
         };
         Scenario {
-            name: "default".into(),
+            name: "truth".into(),
             sample_hz: 1000,
             // A safety net: the hypervisor stops as soon as every guest has stopped (the
             // ground-truth guest takes ~3 s of host time under Bochs).
@@ -70,9 +197,70 @@ impl Scenario {
         }
     }
 
+    /// A scenario of [`SCENARIOS`] by name. Linux scenarios build their initramfs here
+    /// ([`initramfs::build_initramfs`]: the guest programs for musl, then the archive).
+    pub fn named(name: &str) -> Result<Self> {
+        let linux = |name: &str, kernel, init: Init, cmdline: String| -> Result<Scenario> {
+            Ok(Scenario {
+                name: name.into(),
+                sample_hz: 1000,
+                // A safety net: the guest powers itself off, and the hypervisor stops
+                // when every guest has stopped. Under Bochs the bzImage's own xz
+                // decompressor alone takes about a minute of host time.
+                run_ms: 300_000,
+                vms: vec![VmSpec::linux(
+                    "linux",
+                    kernel,
+                    initramfs::build_initramfs(&init)?,
+                    &cmdline,
+                )],
+                extra_args: Vec::new(),
+            })
+        };
+        let workload = || Init::Workload { vm: "linux".into() };
+        match name {
+            "linux" => linux(name, LinuxKernel::Pvh, workload(), LINUX_CMDLINE.into()),
+            "linux-bzimage" => linux(name, LinuxKernel::BzImage, workload(), LINUX_CMDLINE.into()),
+            "linux-procs" => linux(
+                name,
+                LinuxKernel::Pvh,
+                Init::Procs {
+                    vm: "linux".into(),
+                },
+                LINUX_CMDLINE.into(),
+            ),
+            "linux-triplefault" => {
+                let mut s = linux(
+                    name,
+                    LinuxKernel::Pvh,
+                    Init::TripleFault,
+                    format!("{LINUX_CMDLINE} reboot=t"),
+                )?;
+                s.vms.push(VmSpec::truth());
+                Ok(s)
+            }
+            "truth" => Ok(Scenario::default_scenario()),
+            other => bail!(
+                "unknown scenario {other:?}: use {}",
+                SCENARIOS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// Whether any VM is a Linux guest.
+    pub fn has_linux(&self) -> bool {
+        self.vms
+            .iter()
+            .any(|vm| matches!(vm.guest, Guest::Linux { .. }))
+    }
+
     /// The directory this scenario's ISO tree and image go to.
     pub fn out_dir(&self) -> PathBuf {
-        if self.name == "default" {
+        if matches!(self.name.as_str(), "truth" | "default") {
             paths::build_dir()
         } else {
             paths::build_dir().join("scenarios").join(&self.name)
@@ -84,6 +272,9 @@ impl Scenario {
         let mut s = format!("sample_hz={} run_ms={}", self.sample_hz, self.run_ms);
         for vm in &self.vms {
             write!(s, " vm={}:{}", vm.name, vm.module).unwrap();
+            if let Some(initrd) = vm.initrd_module() {
+                write!(s, ":initrd={initrd}").unwrap();
+            }
             if let Some(n) = vm.vcpus {
                 write!(s, ":vcpus={n}").unwrap();
             }
@@ -118,6 +309,17 @@ impl Scenario {
                     "bad VM {:?} / module {:?}: use letters, digits, - _ .",
                     vm.name,
                     vm.module
+                );
+            }
+            // The command line goes unquoted on a GRUB `module2` line.
+            if let Guest::Linux { cmdline, .. } = &vm.guest
+                && let Some(c) = cmdline
+                    .chars()
+                    .find(|&c| !(c.is_ascii_alphanumeric() || " ._,=:/+-@".contains(c)))
+            {
+                bail!(
+                    "VM {:?}: the kernel command line may not hold {c:?} (it goes unquoted into grub.cfg)",
+                    vm.name
                 );
             }
         }
@@ -162,15 +364,21 @@ pub struct Image {
     pub iso: PathBuf,
     /// The hypervisor ELF as built (with symbols).
     pub hypervisor_elf: PathBuf,
-    /// `(VM name, guest ELF)` for every VM of the scenario.
+    /// `(VM name, guest ELF)` for every VM booting an ELF guest (not the Linux VMs:
+    /// their kernel is in [`Image::kernel`], their programs in [`Image::linux_elves`]).
     pub guest_elves: Vec<(String, PathBuf)>,
     /// The GRUB configuration written.
     pub grub_cfg: PathBuf,
+    /// The kernel files, when a VM is a Linux guest (`system_map` names its functions).
+    pub kernel: Option<KernelFiles>,
+    /// ELFs with symbols of the programs in the Linux guests' initramfs (`workload`,
+    /// `guest-kit`: [`initramfs::packed_elves`]), for the analyzer's `--elf`.
+    pub linux_elves: Vec<PathBuf>,
 }
 
 /// Runs `cargo build` (arguments in `args`) and returns the executables it produced,
 /// as `(target name, path)`.
-fn cargo_build_executables(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn cargo_build_executables(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = cmd::cargo();
     cmd.arg("build")
         .args(args)
@@ -288,7 +496,24 @@ pub fn grub_cfg(scenario: &Scenario) -> String {
     )
     .unwrap();
     for vm in &scenario.vms {
-        writeln!(cfg, "    module2 /boot/{}.elf {}", vm.module, vm.module).unwrap();
+        match &vm.guest {
+            Guest::Linux {
+                kernel, cmdline, ..
+            } => {
+                let initrd = vm.initrd_module().unwrap_or_default();
+                writeln!(
+                    cfg,
+                    "    module2 /boot/{} {} {cmdline}",
+                    kernel.boot_file(),
+                    vm.module
+                )
+                .unwrap();
+                writeln!(cfg, "    module2 /boot/{initrd}.cpio {initrd}").unwrap();
+            }
+            Guest::TruthGuest | Guest::Elf(_) => {
+                writeln!(cfg, "    module2 /boot/{}.elf {}", vm.module, vm.module).unwrap()
+            }
+        }
     }
     cfg.push_str("    boot\n}\n");
     cfg
@@ -333,8 +558,31 @@ pub fn build(scenario: &Scenario, opts: &ImageOptions) -> Result<Image> {
                     p
                 }
             },
+            Guest::Linux { .. } => continue,
         };
         guest_elves.push((vm.name.clone(), elf));
+    }
+    let kernel = if scenario.has_linux() {
+        Some(kernel::ensure()?)
+    } else {
+        None
+    };
+    let mut linux_elves: Vec<PathBuf> = Vec::new();
+    for vm in &scenario.vms {
+        if let Guest::Linux { initrd, .. } = &vm.guest {
+            if !initrd.is_file() {
+                bail!(
+                    "VM {}: initramfs {} does not exist",
+                    vm.name,
+                    initrd.display()
+                );
+            }
+            for elf in initramfs::packed_elves(initrd) {
+                if !linux_elves.contains(&elf) {
+                    linux_elves.push(elf);
+                }
+            }
+        }
     }
 
     // Build the tree and the ISO under temporary names and rename them into place, so a
@@ -351,8 +599,27 @@ pub fn build(scenario: &Scenario, opts: &ImageOptions) -> Result<Image> {
     std::fs::create_dir_all(&grub_dir)
         .with_context(|| format!("cannot create {}", grub_dir.display()))?;
     copy(&hypervisor_elf, &tmp_root.join("boot/hypervisor.elf"))?;
-    for (vm, (_, elf)) in scenario.vms.iter().zip(&guest_elves) {
-        copy(elf, &tmp_root.join(format!("boot/{}.elf", vm.module)))?;
+    for vm in &scenario.vms {
+        match &vm.guest {
+            Guest::Linux {
+                kernel: k, initrd, ..
+            } => {
+                let files = kernel.as_ref().context("Linux VM without kernel files")?;
+                let boot_kernel = tmp_root.join("boot").join(k.boot_file());
+                if !boot_kernel.exists() {
+                    copy(k.source(files), &boot_kernel)?;
+                }
+                let module = vm.initrd_module().unwrap_or_default();
+                copy(initrd, &tmp_root.join(format!("boot/{module}.cpio")))?;
+            }
+            Guest::TruthGuest | Guest::Elf(_) => {
+                let (_, elf) = guest_elves
+                    .iter()
+                    .find(|(name, _)| *name == vm.name)
+                    .context("ELF guest not built")?;
+                copy(elf, &tmp_root.join(format!("boot/{}.elf", vm.module)))?;
+            }
+        }
     }
     std::fs::write(grub_dir.join("grub.cfg"), grub_cfg(scenario))
         .with_context(|| format!("cannot write {}", grub_dir.join("grub.cfg").display()))?;
@@ -388,6 +655,8 @@ pub fn build(scenario: &Scenario, opts: &ImageOptions) -> Result<Image> {
         hypervisor_elf,
         guest_elves,
         grub_cfg: grub_cfg_path,
+        kernel,
+        linux_elves,
     })
 }
 
@@ -454,6 +723,81 @@ mod tests {
         let mut d = scenario();
         d.name = "default".into();
         assert_eq!(d.out_dir(), paths::build_dir());
+        assert_eq!(Scenario::default_scenario().out_dir(), paths::build_dir());
+        d.name = "linux".into();
+        assert_eq!(d.out_dir(), paths::build_dir().join("scenarios/linux"));
+    }
+
+    fn linux_scenario(kernel: LinuxKernel) -> Scenario {
+        Scenario {
+            name: "linux".into(),
+            sample_hz: 1000,
+            run_ms: 120_000,
+            vms: vec![
+                VmSpec::linux("linux", kernel, "/b/w.cpio".into(), LINUX_CMDLINE),
+                VmSpec::truth(),
+            ],
+            extra_args: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn linux_vms_get_an_initrd_module_and_their_command_line() {
+        let s = linux_scenario(LinuxKernel::Pvh);
+        assert_eq!(
+            s.cmdline(),
+            "sample_hz=1000 run_ms=120000 vm=linux:vmlinux:initrd=linux-initrd:mem_mb=256 vm=truth:truth-guest"
+        );
+        let cfg = grub_cfg(&s);
+        assert!(cfg.contains(
+            "    module2 /boot/vmlinux.elf vmlinux console=ttyS0 quiet cryptomgr.notests mitigations=off 8250.nr_uarts=1 panic=-1\n\
+             \x20   module2 /boot/linux-initrd.cpio linux-initrd\n\
+             \x20   module2 /boot/truth-guest.elf truth-guest\n"
+        ), "{cfg}");
+        let cfg = grub_cfg(&linux_scenario(LinuxKernel::BzImage));
+        assert!(
+            cfg.contains("    module2 /boot/vmlinuz vmlinuz console=ttyS0 quiet "),
+            "{cfg}"
+        );
+        assert!(s.has_linux() && !scenario().has_linux());
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn kernel_command_lines_that_grub_would_parse_are_rejected() {
+        let mut s = linux_scenario(LinuxKernel::Pvh);
+        s.vms[0] = VmSpec::linux(
+            "linux",
+            LinuxKernel::Pvh,
+            "/i".into(),
+            "console=ttyS0; reboot",
+        );
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "VM \"linux\": the kernel command line may not hold ';' (it goes unquoted into grub.cfg)"
+        );
+    }
+
+    #[test]
+    fn scenario_names() {
+        let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "linux",
+                "linux-bzimage",
+                "linux-procs",
+                "linux-triplefault",
+                "truth"
+            ]
+        );
+        assert!(names.contains(&DEFAULT_SCENARIO));
+        assert_eq!(
+            Scenario::named("windows").unwrap_err().to_string(),
+            "unknown scenario \"windows\": use linux, linux-bzimage, linux-procs, linux-triplefault, truth"
+        );
+        let t = Scenario::named("truth").unwrap();
+        assert_eq!((t.name.as_str(), t.has_linux()), ("truth", false));
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl Default for RunOptions {
             label: "run".into(),
             timeout: Duration::from_secs(300),
             grace: Duration::from_secs(5),
-            mem_mb: 512,
+            mem_mb: 1024,
             cpus: 1,
         }
     }
@@ -576,7 +576,7 @@ mod tests {
         assert!(cfg.contains("com2: enabled=1, mode=file, dev=log.bin\n"));
         assert!(cfg.contains("ata0-master: type=cdrom, path=\"/b/hv.iso\", status=inserted\n"));
         assert!(cfg.contains("cpu: model=corei7_haswell_4770, count=1, ips=50000000,"));
-        assert!(cfg.contains("megs: 512\n"));
+        assert!(cfg.contains("megs: 1024\n"));
     }
 
     #[test]

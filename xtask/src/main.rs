@@ -1,6 +1,7 @@
 //! `cargo xtask`: build, boot and test the hypervisor.
 
 use anyhow::Result;
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,27 +57,80 @@ impl BuildArgs {
     }
 }
 
+/// The scenario list of `--scenario`, with a line each in `--help`.
+fn scenarios() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        xtask::image::SCENARIOS
+            .iter()
+            .map(|(name, about)| PossibleValue::new(*name).help(*about)),
+    )
+}
+
+#[derive(Args, Clone)]
+struct ScenarioArgs {
+    /// What to boot (each scenario builds build/scenarios/NAME/hypervisor.iso; `truth`
+    /// builds build/hypervisor.iso).
+    #[arg(long, value_name = "NAME", default_value = xtask::image::DEFAULT_SCENARIO,
+          value_parser = scenarios())]
+    scenario: String,
+    /// Samples per second (`sample_hz=` of the hypervisor; default 1000).
+    #[arg(long, value_name = "N")]
+    sample_hz: Option<u32>,
+    /// Stop after this much host time (`run_ms=`; 0 = when every guest has stopped;
+    /// default 120000 for Linux scenarios, which power themselves off, 20000 for truth).
+    #[arg(long, value_name = "N")]
+    run_ms: Option<u32>,
+}
+
+impl ScenarioArgs {
+    fn scenario(&self) -> Result<xtask::image::Scenario> {
+        commands::scenario(&self.scenario, self.sample_hz, self.run_ms)
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Check (and as root install) the Debian packages and Rust toolchain pieces.
     ///
     /// Packages: bochs bochsbios vgabios grub-pc-bin grub-efi-amd64-bin grub-common
-    /// xorriso mtools qemu-system-x86 ovmf busybox-static. Not root: prints the
+    /// xorriso mtools qemu-system-x86 ovmf busybox-static xz-utils. Not root: prints the
     /// apt-get line to run and fails. The toolchain is what rust-toolchain.toml names.
     Deps,
-    /// Build the hypervisor, the guest modules and build/hypervisor.iso.
+    /// Fetch Debian's current kernel into build/kernel/ (once; `--refresh` fetches again).
+    ///
+    /// `apt-get download linux-image-amd64`, then the versioned image it depends on and
+    /// the System.map of its -dbg package. Writes vmlinuz (as shipped), vmlinux (its xz
+    /// payload, checked for the PVH entry note), config, System.map and version.txt
+    /// (`release=...`, `package=...`). $HV_KERNEL_DIR overrides the directory.
+    Kernel {
+        /// Fetch again even when every file is there.
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Build the hypervisor, a scenario's guest modules and its ISO.
     ///
     /// The ISO boots with GRUB from BIOS and (with grub-efi-amd64-bin) UEFI, and can be
-    /// written to a USB stick with dd. The GRUB menu is in build/iso/boot/grub/grub.cfg.
-    Image(BuildArgs),
+    /// written to a USB stick with dd. The ISO is build/scenarios/NAME/hypervisor.iso
+    /// and the GRUB menu build/scenarios/NAME/iso/boot/grub/grub.cfg (for `truth`:
+    /// build/hypervisor.iso and build/iso/). Linux scenarios fetch the kernel first
+    /// (`cargo xtask kernel`) and pack their initramfs into build/initramfs/.
+    Image {
+        #[command(flatten)]
+        build: BuildArgs,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+    },
     /// Build, boot in the best machine available, collect and analyse the samples.
     ///
     /// Uses QEMU/KVM when nested VMX is really available, otherwise Bochs. Writes
-    /// build/run/console.txt, build/run/samples.vmlog and build/run/NAME.bundle, then runs
-    /// `analyzer report` on them.
+    /// build/run/console.txt, build/run/samples.vmlog, build/run/NAME.bundle and
+    /// build/run/manifest.txt, then runs `analyzer report` on them (for Linux guests
+    /// with the workload and guest-kit ELFs and the kernel's System.map).
     Run {
         #[command(flatten)]
         build: BuildArgs,
+        #[command(flatten)]
+        scenario: ScenarioArgs,
         /// Machine: auto (QEMU/KVM with nested VMX, else Bochs), bochs, qemu-tcg,
         /// qemu-kvm; qemu-tcg-uefi and qemu-kvm-uefi boot through OVMF.
         #[arg(long, default_value = "auto")]
@@ -87,7 +141,10 @@ enum Cmd {
     },
     /// Every test: fmt, clippy (host and vmm target), unit tests, image, end-to-end boots.
     ///
-    /// Ends with a line `N passed, N failed` counting the stages; exits non-zero if any
+    /// Fetches the kernel first (`cargo xtask kernel`, cached) and passes its directory
+    /// to the tests in HV_KERNEL_DIR; the image is the `truth` scenario's (HV_ISO), and
+    /// the `linux` scenario's initramfs goes to the end-to-end tests in HV_LINUX_INITRD
+    /// (the QEMU microvm control boot of tests/tests/linux.rs). Ends with a line `N passed, N failed` counting the stages; exits non-zero if any
     /// stage failed.
     Test {
         #[command(flatten)]
@@ -130,12 +187,22 @@ fn real_main(cli: Cli) -> Result<bool> {
     commands::deps(verbose)?;
     match cli.command {
         Cmd::Deps => Ok(true),
-        Cmd::Image(b) => commands::image(&b.options()).map(|_| true),
+        Cmd::Kernel { refresh } => xtask::kernel::fetch(refresh).map(|_| true),
+        Cmd::Image { build, scenario } => {
+            commands::image(&build.options(), &scenario.scenario()?).map(|_| true)
+        }
         Cmd::Run {
             build,
+            scenario,
             machine,
             timeout,
-        } => commands::run(&build.options(), &machine, Duration::from_secs(timeout)).map(|()| true),
+        } => commands::run(
+            &build.options(),
+            &scenario.scenario()?,
+            &machine,
+            Duration::from_secs(timeout),
+        )
+        .map(|()| true),
         Cmd::Test { build, no_e2e } => commands::test(&build.options(), !no_e2e),
         Cmd::Boot {
             iso,
