@@ -1,7 +1,7 @@
 //! Guest processes: CR3 -> `proc` line of the bundle (with validity
 //! intervals, since CR3 values are reused), process labels, mapped objects.
 
-use guest_kit::{Bundle, Map, cr3_key};
+use guest_kit::{Bundle, Map, Proc, cr3_key};
 use rustc_hash::FxHashMap;
 
 /// The process a guest sample belongs to.
@@ -27,24 +27,31 @@ impl ProcIndex {
             if let Some(key) = p.cr3_key() {
                 by_cr3.entry(key).or_default().push((
                     p.from.unwrap_or(0),
-                    p.to.unwrap_or(u64::MAX),
+                    // Stored inclusive: [from, to) is [from, to - 1]; no `to` is "for ever".
+                    p.to.map_or(u64::MAX, |t| t.saturating_sub(1)),
                     i as u32,
                 ));
             }
         }
         for v in by_cr3.values_mut() {
+            // `to = from` (an empty interval) holds no time at all.
+            v.retain(|(f, t, _)| f <= t);
             v.sort();
         }
         ProcIndex { by_cr3 }
     }
 
-    /// The process owning `cr3` at host TSC `tsc`: the latest-starting `proc`
-    /// line whose interval `[from, to]` holds `tsc`.
+    /// The process owning `cr3` at host TSC `tsc`: the `proc` line of that key whose
+    /// validity interval `[from, to)` holds `tsc` (a line without `from` holds all
+    /// time before its `to`, one without `to` all time from its `from` on). Where
+    /// intervals of one key overlap, the latest-starting line wins (a `vfork` child
+    /// runs in its suspended parent's address space); where none holds `tsc`, the
+    /// answer is [`ProcKey::Unknown`], never another process.
     pub fn lookup(&self, cr3: u64, tsc: u64) -> ProcKey {
         self.lookup_range(cr3, tsc).0
     }
 
-    /// Like [`ProcIndex::lookup`], also giving a TSC range `[from, to]`
+    /// Like [`ProcIndex::lookup`], also giving a TSC range `[from, to]` (inclusive)
     /// around `tsc` over which the answer stays the same (for caching).
     pub fn lookup_range(&self, cr3: u64, tsc: u64) -> (ProcKey, u64, u64) {
         let key = cr3_key(cr3);
@@ -69,26 +76,26 @@ impl ProcIndex {
     }
 }
 
-/// Display labels of a bundle's processes: `comm`, or `comm(pid)` when
-/// several processes share the name.
+/// Display labels of a bundle's processes: `comm(pid)` with the guest's real PID,
+/// so that two processes of one program are told apart (`prog(7)`, `prog(9)`, as in
+/// the paper); the line that stands for all kernel threads (pid 0) is just its name
+/// (`[kernel]`).
 pub fn labels(b: &Bundle) -> Vec<String> {
-    let mut pids: FxHashMap<&str, Vec<u32>> = FxHashMap::default();
-    for p in &b.procs {
-        let v = pids.entry(p.comm.as_str()).or_default();
-        if !v.contains(&p.pid) {
-            v.push(p.pid);
-        }
+    b.procs.iter().map(label).collect()
+}
+
+/// The label of one `proc` line (see [`labels`]).
+pub fn label(p: &Proc) -> String {
+    if p.pid == 0 {
+        p.comm.clone()
+    } else {
+        format!("{}({})", p.comm, p.pid)
     }
-    b.procs
-        .iter()
-        .map(|p| {
-            if pids.get(p.comm.as_str()).is_some_and(|v| v.len() > 1) {
-                format!("{}({})", p.comm, p.pid)
-            } else {
-                p.comm.clone()
-            }
-        })
-        .collect()
+}
+
+/// The label of samples whose CR3 key no `proc` line holds at their time.
+pub fn unknown_label(key: u64) -> String {
+    format!("[unknown process cr3={key:#x}]")
 }
 
 /// `map` lines grouped by pid, sorted by start.
@@ -126,7 +133,8 @@ mod tests {
     #[test]
     fn cr3_reuse_follows_validity_intervals() {
         let b = bundle(
-            "gk-bundle 1\nvm v\nproc 10 a cr3=0x6000 from=100 to=200\nproc 11 b cr3=0x6000 from=300\n",
+            "gk-bundle 1\nvm v\nproc 10 a cr3=0x6000 from=100 to=200\nproc 11 b cr3=0x6000 from=300\n\
+             proc 12 c cr3=0x8000 to=50\nproc 13 d cr3=0x8000 from=50 to=50\n",
         );
         let ix = ProcIndex::new(&b);
         assert_eq!(ix.lookup(0x6000, 150), ProcKey::Known(0));
@@ -134,15 +142,28 @@ mod tests {
             ix.lookup(0x6000 | 0x1000 | 0x3 | 1 << 63, 150),
             ProcKey::Known(0)
         );
+        // [from, to): `from` belongs to the line, `to` no longer does.
+        assert_eq!(ix.lookup(0x6000, 100), ProcKey::Known(0));
+        assert_eq!(ix.lookup(0x6000, 199), ProcKey::Known(0));
+        assert_eq!(ix.lookup(0x6000, 200), ProcKey::Unknown(0x6000));
+        assert_eq!(ix.lookup(0x6000, 99), ProcKey::Unknown(0x6000));
         assert_eq!(ix.lookup(0x6000, 250), ProcKey::Unknown(0x6000));
-        assert_eq!(ix.lookup(0x6000, 301), ProcKey::Known(1));
+        assert_eq!(ix.lookup(0x6000, 300), ProcKey::Known(1));
+        assert_eq!(ix.lookup(0x6000, u64::MAX), ProcKey::Known(1));
+        // No `from`: all time before `to`; an empty interval holds nothing.
+        assert_eq!(ix.lookup(0x8000, 0), ProcKey::Known(2));
+        assert_eq!(ix.lookup(0x8000, 49), ProcKey::Known(2));
+        assert_eq!(ix.lookup(0x8000, 50), ProcKey::Unknown(0x8000));
+        assert_eq!(ix.lookup_range(0x6000, 150), (ProcKey::Known(0), 100, 199));
     }
 
     #[test]
-    fn duplicate_names_get_pids() {
+    fn processes_are_named_with_their_pids() {
         let b = bundle(
-            "gk-bundle 1\nvm v\nproc 7 prog cr3=0x2000\nproc 9 prog cr3=0x4000\nproc 12 sh cr3=0x6000\n",
+            "gk-bundle 1\nvm v\nproc 0 [kernel] cr3=0x1000\nproc 7 prog cr3=0x2000\n\
+             proc 9 prog cr3=0x4000\nproc 12 sh cr3=0x6000\n",
         );
-        assert_eq!(labels(&b), ["prog(7)", "prog(9)", "sh"]);
+        assert_eq!(labels(&b), ["[kernel]", "prog(7)", "prog(9)", "sh(12)"]);
+        assert_eq!(unknown_label(0x4000), "[unknown process cr3=0x4000]");
     }
 }

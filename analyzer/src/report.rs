@@ -447,7 +447,7 @@ impl GuestSyms<'_> {
                     p.map(|p| (p.pid, p.comm.as_str())),
                 )
             }
-            ProcKey::Unknown(cr3) => (format!("cr3:{cr3:#x}"), None),
+            ProcKey::Unknown(cr3) => (procs::unknown_label(cr3), None),
         };
         let Some((pid, comm)) = pid else {
             return ("[unknown]".to_string(), label, RowKind::Unknown);

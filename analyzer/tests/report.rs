@@ -145,8 +145,8 @@ Total samples:100   OS:USER:VM = 20.00%:0.00%:80.00%
 == Guest level: web (VM0) ==
 Total samples:100   OS:USER:IDLE:steal = 10.00%:70.00%:10.00%:10.00%
  Samples  %Ratio  Function              Module
-      50   50.00  alpha                 prog
-      20   20.00  beta                  prog
+      50   50.00  alpha                 prog(100)
+      20   20.00  beta                  prog(100)
       10   10.00  [idle]                (halt_exit)
       10   10.00  [steal]               (outside)
       10   10.00  do_syscall            vmlinux
@@ -179,7 +179,7 @@ fn json_shape_is_stable() {
     assert_eq!(g["vcpu"], serde_json::Value::Null);
     assert_eq!(
         g["rows"][0],
-        serde_json::json!({"samples": 50, "percent": 50.0, "function": "alpha", "module": "prog", "kind": "function"})
+        serde_json::json!({"samples": 50, "percent": 50.0, "function": "alpha", "module": "prog(100)", "kind": "function"})
     );
     assert_eq!(g["rows"][2]["kind"], "idle");
     assert_eq!(g["rows"][3]["kind"], "steal");
@@ -285,88 +285,131 @@ fn blank_gaps_are_idle_after_hlt_and_steal_otherwise() {
 == Guest level: g (VM0) ==
 Total samples:27   OS:USER:IDLE:steal = 0.00%:44.44%:37.04%:18.52%
  Samples  %Ratio  Function              Module
-      12   44.44  [unknown]             cr3:0x4000
+      12   44.44  [unknown]             [unknown process cr3=0x4000]
       10   37.04  [idle]                (halt_exit)
        5   18.52  [steal]               (outside)
 "
     );
 }
 
+/// `guest-kit watch` bundles: two processes of one program (`workload`, pids 7 and 9,
+/// mapped at different bases) split 50/50 and are told apart by PID; pid 7's CR3 is
+/// reused by `spinner` (pid 12) after pid 7 exited, and each gets its own samples by
+/// time; samples of that key outside both intervals, and of a key no line names, are
+/// `[unknown process cr3=...]`; every process's functions are named through its own
+/// `map` lines.
 #[test]
 fn cr3_reuse_and_two_processes_of_one_program() {
     let d = dir("procs");
+    let ext = ExitReason::EXTERNAL_INTERRUPT;
+    let (w7, w9, spin) = (0x5555_0000_0000u64, 0x5566_0000_0000u64, 0x40_0000u64);
     let mut s = Vec::new();
-    for i in 1..=50u64 {
-        // Half of pid 1's samples carry PCID and KPTI bits: same process.
-        let cr3 = match i % 4 {
-            0 => 0x10000,
-            2 => 0x10000 | 0x1000 | 0x5,
-            _ => 0x20000,
+    for i in 1..=60u64 {
+        // Odd slots pid 7 (half of them with PCID and KPTI bits: the same process),
+        // even slots pid 9; hot_alpha and hot_beta in turn.
+        let (cr3, base) = match i % 4 {
+            1 => (0x10000, w7),
+            3 => (0x10000 | 0x1000 | 0x5, w7),
+            _ => (0x20000, w9),
         };
-        s.push(guest(
-            slot(i),
-            0,
-            0,
-            cr3,
-            3,
-            0x40_1010,
-            ExitReason::EXTERNAL_INTERRUPT,
-        ));
+        let func = if matches!(i % 4, 1 | 2) {
+            0x1010
+        } else {
+            0x1110
+        };
+        s.push(guest(slot(i), 0, 0, cr3, 3, base + func, ext));
     }
-    // pid 1 exited; its CR3 now belongs to pid 3 (`other`).
-    for i in 51..=60u64 {
-        s.push(guest(
-            slot(i),
-            0,
-            0,
-            0x10000,
-            3,
-            0x40_1010,
-            ExitReason::EXTERNAL_INTERRUPT,
-        ));
+    // pid 7 is gone (its line ends at slot 61) and nobody holds its key: unknown.
+    for i in 61..=64u64 {
+        s.push(guest(slot(i), 0, 0, 0x10000, 3, w7 + 0x1010, ext));
+    }
+    // `spinner` (pid 12) got pid 7's key: 12 samples in spin_fast, 4 in spin_slow.
+    for i in 65..=80u64 {
+        let func = if i % 4 == 0 { 0x1110 } else { 0x1010 };
+        s.push(guest(slot(i), 0, 0, 0x10000, 3, spin + func, ext));
+    }
+    // After spinner's line ended, and a key no line names.
+    for (i, cr3) in [(81, 0x10000), (82, 0x10000), (83, 0x30000), (84, 0x30000)] {
+        s.push(guest(slot(i), 0, 0, cr3, 3, spin + 0x1010, ext));
     }
     let bundle = format!(
-        "gk-bundle 1\nvm p\nproc 1 prog cr3=0x10000 from=0 to={}\nproc 2 prog cr3=0x20000\n\
-         proc 3 other cr3=0x10000 from={}\nmap 1 400000 403000 0 /bin/prog\nmap 2 400000 403000 0 /bin/prog\n",
-        slot(50),
-        slot(50) + 1
+        "gk-bundle 1\nvm p\nproc 0 [kernel] cr3=0x8000\n\
+         proc 7 workload cr3=0x10000 from={} to={}\nproc 9 workload cr3=0x20000\n\
+         proc 12 spinner cr3=0x10000 from={} to={}\n\
+         map 7 {w7:x} {:x} 0 /bin/workload\nmap 9 {w9:x} {:x} 0 /bin/workload\n\
+         map 12 {spin:x} {:x} 0 /bin/spinner\n",
+        slot(0),
+        slot(61),
+        slot(65),
+        slot(81),
+        w7 + 0x3000,
+        w9 + 0x3000,
+        spin + 0x3000,
     );
     let mut o = opts(put(&d, "p.vmlog", &log(&[vm(0, "p", 1)], &[s])));
     o.level = Level::Guest;
     o.bundles.push(put(&d, "p.bundle", bundle.as_bytes()));
+    let funcs = |a: &'static str, b: &'static str| [(a, 0, 0x100), (b, 0x100, 0x100)];
     o.elfs.push(put(
         &d,
-        "prog",
-        &elf(0x40_0000, false, &[("alpha", 0, 0x100)]),
+        "workload",
+        &elf(0, true, &funcs("hot_alpha", "hot_beta")),
     ));
-    let text = report::to_text(&report::build(&o).unwrap());
+    o.elfs.push(put(
+        &d,
+        "spinner",
+        &elf(spin, false, &funcs("spin_fast", "spin_slow")),
+    ));
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.warnings, Vec::<String>::new());
     assert_eq!(
-        text,
+        report::to_text(&r),
         "\
 == Guest level: p (VM0) ==
-Total samples:60   OS:USER:IDLE:steal = 0.00%:100.00%:0.00%:0.00%
+Total samples:84   OS:USER:IDLE:steal = 0.00%:100.00%:0.00%:0.00%
  Samples  %Ratio  Function              Module
-      25   41.67  alpha                 prog(1)
-      25   41.67  alpha                 prog(2)
-      10   16.67  [unknown]             other
+      15   17.86  hot_alpha             workload(7)
+      15   17.86  hot_alpha             workload(9)
+      15   17.86  hot_beta              workload(7)
+      15   17.86  hot_beta              workload(9)
+      12   14.29  spin_fast             spinner(12)
+       6    7.14  [unknown]             [unknown process cr3=0x10000]
+       4    4.76  spin_slow             spinner(12)
+       2    2.38  [unknown]             [unknown process cr3=0x30000]
 "
     );
     // --pid keeps one process's rows, percentages of the whole vCPU.
-    o.pid = Some(2);
+    o.pid = Some(9);
     let r = report::build(&o).unwrap();
-    assert_eq!(r.guests[0].rows.len(), 1);
+    let rows: Vec<(u64, f64, &str, &str)> = r.guests[0]
+        .rows
+        .iter()
+        .map(|r| (r.samples, r.percent, r.function.as_str(), r.module.as_str()))
+        .collect();
     assert_eq!(
-        (r.guests[0].rows[0].samples, r.guests[0].rows[0].percent),
-        (25, 41.67)
+        rows,
+        [
+            (15, 17.86, "hot_alpha", "workload(9)"),
+            (15, 17.86, "hot_beta", "workload(9)")
+        ]
     );
-    assert_eq!(r.guests[0].rows[0].module, "prog(2)");
-    // --from/--to: only slots 51-60 (seconds after START at 1 MHz).
+    // --comm keeps both instances of the program.
     o.pid = None;
-    o.from = Some(0.0505);
-    o.to = Some(0.0605);
+    o.comm = Some("workload".into());
     let r = report::build(&o).unwrap();
-    assert_eq!(r.guests[0].total, 10);
-    assert_eq!(r.guests[0].rows[0].module, "other");
+    assert_eq!(r.guests[0].rows.len(), 4);
+    // --from/--to: only slots 65-80 (seconds after START at 1 MHz): the spinner.
+    o.comm = None;
+    o.from = Some(0.0645);
+    o.to = Some(0.0805);
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.guests[0].total, 16);
+    let rows: Vec<(u64, &str)> = r.guests[0]
+        .rows
+        .iter()
+        .map(|r| (r.samples, r.module.as_str()))
+        .collect();
+    assert_eq!(rows, [(12, "spinner(12)"), (4, "spinner(12)")]);
 }
 
 fn analyzer(args: &[&str]) -> (i32, String, String) {
@@ -896,7 +939,7 @@ fn a_vcpu_migrating_between_pcpus_is_idle_after_hlt_else_steal() {
 == Guest level: m (VM0) ==
 Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:25.00%:0.00%
  Samples  %Ratio  Function              Module
-      30   75.00  [unknown]             cr3:0x4000
+      30   75.00  [unknown]             [unknown process cr3=0x4000]
       10   25.00  [idle]                (halt_exit)
 "
     );
@@ -908,7 +951,7 @@ Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:25.00%:0.00%
 == Guest level: m (VM0) ==
 Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:0.00%:25.00%
  Samples  %Ratio  Function              Module
-      30   75.00  [unknown]             cr3:0x4000
+      30   75.00  [unknown]             [unknown process cr3=0x4000]
       10   25.00  [steal]               (outside)
 "
     );
@@ -952,13 +995,13 @@ fn steal_on_a_sibling_that_held_the_pcpu_before_the_vcpu_migrated() {
 == Guest level: duo (VM0) ==
 Total samples:50   OS:USER:IDLE:steal = 0.00%:80.00%:0.00%:20.00%
  Samples  %Ratio  Function              Module
-      40   80.00  [unknown]             cr3:0x4000
+      40   80.00  [unknown]             [unknown process cr3=0x4000]
       10   20.00  [steal]               (on vcpu1)
 
 == Guest level: duo (VM0) vCPU 0 ==
 Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:0.00%:25.00%
  Samples  %Ratio  Function              Module
-      30   75.00  [unknown]             cr3:0x4000
+      30   75.00  [unknown]             [unknown process cr3=0x4000]
       10   25.00  [steal]               (on vcpu1)
 "
     );

@@ -354,7 +354,7 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
 }
 
 /// One `/proc/PID/maps` line; `Ok(None)` unless it maps a file executable.
-fn parse_maps_line(line: &str) -> Result<Option<Map>, String> {
+pub(crate) fn parse_maps_line(line: &str) -> Result<Option<Map>, String> {
     let mut rest = line;
     let mut next = || {
         let trimmed = rest.trim_start();
@@ -428,7 +428,7 @@ fn parse_kallsyms(path: &Path, text: &str) -> Result<Vec<KSym>, CollectError> {
 }
 
 /// `/proc/modules`: `NAME SIZE REFS DEPS STATE ADDRESS [TAINT]`.
-fn parse_modules(
+pub(crate) fn parse_modules(
     path: &Path,
     text: &str,
     warnings: &mut Vec<String>,

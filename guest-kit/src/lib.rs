@@ -5,6 +5,8 @@ pub mod bundle;
 pub mod collect;
 pub mod kernel;
 pub mod truth;
+#[cfg(feature = "collect")]
+pub mod watch;
 
 pub use bundle::{
     Bundle, KMap, KSym, Kernel, Map, ParseError, ParseErrorKind, Proc, cr3_key, normalize_cr3,

@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use guest_kit::bundle::{Bundle, bundles_from_console};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use guest_kit::collect::{Options, collect};
 use guest_kit::truth::truth_from_console;
+use guest_kit::watch::{DEFAULT_INTERVAL, WatchOptions, watch};
 
 const HELP: &str = "\
 guest-kit: what only the guest knows, for the whole-machine profiler
@@ -29,6 +33,25 @@ USAGE:
       Without root, kallsyms and module addresses read as 0 (a warning says so) and
       no CR3 can be read.
 
+  guest-kit watch --out FILE [--vm NAME] [--interval-ms N] [--until-file PATH | --seconds S]
+                  [--ready FILE] [--proc DIR] [--btf FILE] [--kcore FILE]
+      Run as root inside a Linux guest during a measurement. Reads the kernel symbols
+      and structure offsets once, then every interval (default 100 ms) walks the task
+      list through /proc/kcore, stamps the walk with the TSC (the host's under the
+      hypervisor) and sleeps. Each process (PID, CR3 key) gets a `proc` line with its
+      validity interval `from=`/`to=` in host TSC: from the end of the walk before the
+      one that first saw it to the end of the first walk that no longer saw it (a key
+      reused within one interval: the observed bounds). Processes that start and exit
+      between two walks are missed. /proc/PID/maps is read at first sight and, for
+      processes still alive, at the end. Stops when PATH exists, after S seconds, or
+      on SIGTERM, then writes the bundle (same format as `collect`) to FILE and one
+      line of cost and counts to stderr. --ready FILE is created after the first walk.
+
+  guest-kit console FILE
+      Writes FILE to stdout with each line prefixed `@gk ` (how a bundle crosses a
+      guest console) and waits until the terminal has sent it all (tcdrain), so a
+      `poweroff` right after cannot cut it off on a slow emulated UART.
+
   guest-kit extract CONSOLE [--out-dir DIR]
       Picks `[NAME] @gk ...` lines out of a console log, checks each bundle and
       writes DIR/NAME.bundle (DIR defaults to `.`; a console read directly, without
@@ -42,6 +65,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("collect") => run_collect(&args[1..]),
+        Some("watch") => run_watch(&args[1..]),
+        Some("console") => run_console(&args[1..]),
         Some("extract") => run_extract(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{HELP}");
@@ -113,11 +138,7 @@ fn run_collect(args: &[String]) -> Result<(), Failure> {
     let proc_root = PathBuf::from(get(&opts, "--proc").unwrap_or("/proc"));
     let vm = match get(&opts, "--vm") {
         Some(vm) => vm.to_string(),
-        None => fs::read_to_string(proc_root.join("sys/kernel/hostname"))
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "guest".to_string()),
+        None => host_name(&proc_root),
     };
     let mut collect_opts = Options::new(&proc_root, &vm);
     if let Some(btf) = get(&opts, "--btf") {
@@ -155,6 +176,160 @@ fn run_collect(args: &[String]) -> Result<(), Failure> {
         b.ksyms.len()
     );
     Ok(())
+}
+
+fn run_console(args: &[String]) -> Result<(), Failure> {
+    let (_, positional) = options(args, &[], &[])?;
+    let [file] = positional[..] else {
+        return Err(Failure::Usage("`console` takes one FILE".into()));
+    };
+    let text = fs::read_to_string(file)
+        .map_err(|e| Failure::Failed(format!("cannot read {file}: {e}")))?;
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    for line in text.lines() {
+        out.push_str(guest_kit::bundle::CONSOLE_PREFIX);
+        out.push_str(line);
+        out.push('\n');
+    }
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::Failed(format!("cannot write to stdout: {e}")))?;
+    // SAFETY: tcdrain only waits on the file descriptor; on a non-terminal it fails
+    // with ENOTTY, which is fine (nothing to wait for).
+    unsafe {
+        libc::tcdrain(1);
+    }
+    Ok(())
+}
+
+/// Set by SIGTERM: the watch ends after its current walk.
+static TERMINATED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    TERMINATED.store(true, Ordering::Relaxed);
+}
+
+fn run_watch(args: &[String]) -> Result<(), Failure> {
+    let (opts, positional) = options(
+        args,
+        &[
+            "--out",
+            "--vm",
+            "--interval-ms",
+            "--until-file",
+            "--seconds",
+            "--ready",
+            "--proc",
+            "--btf",
+            "--kcore",
+        ],
+        &[],
+    )?;
+    if let Some(extra) = positional.first() {
+        return Err(Failure::Usage(format!("unexpected argument `{extra}`")));
+    }
+    let out =
+        get(&opts, "--out").ok_or_else(|| Failure::Usage("`watch` needs --out FILE".into()))?;
+    let interval = match get(&opts, "--interval-ms") {
+        None => DEFAULT_INTERVAL,
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms) if (1..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+            _ => {
+                return Err(Failure::Usage(format!(
+                    "bad --interval-ms `{v}` (1 to 3600000)"
+                )));
+            }
+        },
+    };
+    let seconds = match get(&opts, "--seconds") {
+        None => None,
+        Some(v) => match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => Some(s),
+            _ => return Err(Failure::Usage(format!("bad --seconds `{v}`"))),
+        },
+    };
+    let until_file = get(&opts, "--until-file").map(PathBuf::from);
+    if seconds.is_some() && until_file.is_some() {
+        return Err(Failure::Usage(
+            "give --until-file or --seconds, not both".into(),
+        ));
+    }
+    let proc_root = PathBuf::from(get(&opts, "--proc").unwrap_or("/proc"));
+    let vm = match get(&opts, "--vm") {
+        Some(vm) => vm.to_string(),
+        None => host_name(&proc_root),
+    };
+    let mut collect_opts = Options::new(&proc_root, &vm);
+    if let Some(btf) = get(&opts, "--btf") {
+        collect_opts.btf = PathBuf::from(btf);
+    }
+    collect_opts.kcore = get(&opts, "--kcore").map(PathBuf::from);
+    let watch_opts = WatchOptions {
+        collect: collect_opts,
+        interval,
+        until_file,
+        seconds,
+        ready_file: get(&opts, "--ready").map(PathBuf::from),
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+    let watched = watch(&watch_opts, &|| TERMINATED.load(Ordering::Relaxed))
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    for warning in &watched.warnings {
+        eprintln!("guest-kit: warning: {warning}");
+    }
+    let text = watched.bundle.to_text();
+    match out {
+        "-" => io::stdout()
+            .write_all(text.as_bytes())
+            .map_err(|e| Failure::Failed(format!("cannot write to stdout: {e}"))),
+        path => {
+            fs::write(path, &text).map_err(|e| Failure::Failed(format!("cannot write {path}: {e}")))
+        }
+    }?;
+    let s = &watched.stats;
+    let per_walk_us = if s.polls > 0 {
+        s.polling_cpu * 1e6 / s.polls as f64
+    } else {
+        0.0
+    };
+    // Two lines: a console relay may cut long ones.
+    eprintln!(
+        "guest-kit: watch: {} walks every {} ms over {:.1} s ({} failed), {} tasks and {} kcore reads in the last",
+        s.polls,
+        interval.as_millis(),
+        s.polling_wall,
+        s.failed_polls,
+        s.tasks,
+        s.reads,
+    );
+    eprintln!(
+        "guest-kit: watch: startup {:.2} s CPU, polling {:.3} s CPU = {:.2} % of one CPU ({per_walk_us:.0} us a walk); \
+         {} process lines, {} ended, {} keys reused within an interval; bundle {} bytes",
+        s.startup_cpu,
+        s.polling_cpu,
+        s.polling_share(),
+        s.lines,
+        s.exited,
+        s.reuses,
+        text.len()
+    );
+    Ok(())
+}
+
+fn host_name(proc_root: &Path) -> String {
+    fs::read_to_string(proc_root.join("sys/kernel/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "guest".to_string())
 }
 
 fn run_extract(args: &[String]) -> Result<(), Failure> {

@@ -167,3 +167,41 @@ fn extract_writes_one_bundle_per_vm_and_reports_bad_ones() {
         "{stdout}"
     );
 }
+
+#[test]
+fn console_prefixes_every_line_and_watch_checks_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b");
+    fs::write(&file, "gk-bundle 1\nvm v\n").unwrap();
+    let out = guest_kit(&["console", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "@gk gk-bundle 1\n@gk vm v\n");
+    let out = guest_kit(&["watch", "--vm", "v"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "guest-kit: `watch` needs --out FILE (see `guest-kit --help`)\n"
+    );
+    let out = guest_kit(&["watch", "--out", "x", "--seconds", "1", "--until-file", "y"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = guest_kit(&["watch", "--out", "x", "--interval-ms", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    // Without a kcore (this is no guest), watch fails with one line.
+    let missing = dir.path().join("proc");
+    let out = guest_kit(&[
+        "watch",
+        "--out",
+        "x",
+        "--seconds",
+        "0",
+        "--proc",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+}

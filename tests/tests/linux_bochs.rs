@@ -70,7 +70,8 @@ fn hypervisor_elf(iso: &Path) -> PathBuf {
 
 fn analyse(log: &Path, bundle: &Path, iso: &Path) -> Report {
     let kernel = xtask::paths::kernel_dir();
-    let initrd = xtask::paths::initramfs_dir().join(Init::Workload { vm: "linux".into() }.file_name());
+    let initrd =
+        xtask::paths::initramfs_dir().join(Init::Workload { vm: "linux".into() }.file_name());
     let release = xtask::kernel::KernelFiles::cached(&kernel).map(|k| k.release);
     let opts = report::Options {
         log: log.to_path_buf(),
@@ -90,7 +91,12 @@ fn guest<'a>(r: &'a Report, vm: &str) -> &'a Section {
     r.guests
         .iter()
         .find(|s| s.vm.as_deref() == Some(vm) && s.vcpu.is_none())
-        .unwrap_or_else(|| panic!("no guest-level section for VM {vm}:\n{}", report::to_text(r)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no guest-level section for VM {vm}:\n{}",
+                report::to_text(r)
+            )
+        })
 }
 
 fn samples_of(s: &Section, function: &str) -> u64 {
@@ -109,7 +115,8 @@ fn bochs_linux_pvh_runs_the_workload_and_profiles_it() {
     assert_line(&run, "hv: vm linux stopped: powered off (ACPI S5)");
     let stop = run.find_line("hv: stop status=");
     assert!(
-        stop.as_deref().is_some_and(|l| l.starts_with("hv: stop status=0 ")),
+        stop.as_deref()
+            .is_some_and(|l| l.starts_with("hv: stop status=0 ")),
         "the hypervisor did not stop cleanly: {stop:?}\n{}",
         run.describe()
     );
@@ -126,7 +133,10 @@ fn bochs_linux_pvh_runs_the_workload_and_profiles_it() {
     // The workload's hot functions, by name, at their shares of its instructions.
     let hot: Vec<u64> = HOT.iter().map(|(f, _)| samples_of(g, f)).collect();
     let total: u64 = hot.iter().sum();
-    assert!(total >= 1000, "only {total} samples in the hot functions\n{ctx}");
+    assert!(
+        total >= 1000,
+        "only {total} samples in the hot functions\n{ctx}"
+    );
     for ((name, truth), n) in HOT.iter().zip(&hot) {
         let share = 100.0 * *n as f64 / total as f64;
         assert!(
@@ -134,7 +144,11 @@ fn bochs_linux_pvh_runs_the_workload_and_profiles_it() {
             "{name}: {share:.2} % of the hot samples, truth {truth} % (+-{TOLERANCE})\n{ctx}"
         );
         let row = g.rows.iter().find(|r| r.function == *name).unwrap();
-        assert_eq!(row.module, "workload", "{name} attributed to the workload\n{ctx}");
+        assert!(
+            row.module.starts_with("workload("),
+            "{name} attributed to the workload process, not {}\n{ctx}",
+            row.module
+        );
     }
     // Kernel functions by name, from System.map relocated by the guest's _text.
     let kernel_rows: Vec<&str> = g
@@ -157,7 +171,10 @@ fn bochs_linux_pvh_runs_the_workload_and_profiles_it() {
         .host
         .as_ref()
         .and_then(|h| h.rows.iter().find(|row| row.function == "[linux]"));
-    assert!(vm_row.is_some_and(|row| row.percent > 80.0), "host level\n{ctx}");
+    assert!(
+        vm_row.is_some_and(|row| row.percent > 80.0),
+        "host level\n{ctx}"
+    );
 }
 
 #[test]
@@ -197,4 +214,88 @@ fn bochs_linux_triple_fault_stops_that_vm_alone() {
     std::fs::write(&log, &run.log).expect("write samples.vmlog");
     let text = analyzer::check::run(&log).unwrap_or_else(|e| panic!("analyzer check: {}", e.0));
     assert!(text.contains("samples"), "{text}");
+}
+
+/// The PID `init` printed for `key` in its line `init: pids a=N b=N c=N` or
+/// `init: pid short=N`.
+fn pid_of(run: &RunResult, key: &str) -> u32 {
+    let lines = run.lines();
+    lines
+        .iter()
+        .filter(|l| l.starts_with("[linux] init: pid"))
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|w| {
+            w.strip_prefix(&format!("{key}="))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no PID for `{key}` on the console\n{}", run.describe()))
+}
+
+fn module_samples(s: &Section, module: &str) -> u64 {
+    s.rows
+        .iter()
+        .filter(|r| r.module == module)
+        .map(|r| r.samples)
+        .sum()
+}
+
+/// Issue 8: two instances of one program and a different one, plus a short-lived process,
+/// named `comm(pid)` from the CR3 maps `guest-kit watch` recorded over time.
+#[test]
+fn bochs_linux_processes_are_named_and_told_apart() {
+    let run = boot("linux-procs", "linux_procs");
+    assert_line(&run, "hv: vm linux stopped: powered off (ACPI S5)");
+    let (a, b, c, short) = (
+        pid_of(&run, "a"),
+        pid_of(&run, "b"),
+        pid_of(&run, "c"),
+        pid_of(&run, "short"),
+    );
+    let (log, bundle) = artefacts(&run, "linux");
+    let iso = scenario_iso("linux-procs");
+    let kernel = xtask::paths::kernel_dir();
+    let initrd = xtask::paths::initramfs_dir().join(Init::Procs { vm: "linux".into() }.file_name());
+    let opts = report::Options {
+        log,
+        bundles: vec![bundle],
+        elfs: packed_elves(&initrd),
+        hv_elf: Some(hypervisor_elf(&iso)),
+        kernel_map: Some(kernel.join("System.map")),
+        kernel_release: xtask::kernel::KernelFiles::cached(&kernel).map(|k| k.release),
+        level: Level::Guest,
+        top: 0,
+        ..report::Options::default()
+    };
+    let r = report::build(&opts).unwrap_or_else(|e| panic!("analyzer failed: {}", e.0));
+    let ctx = report::to_text(&r);
+    let g = guest(&r, "linux");
+    let (na, nb) = (
+        module_samples(g, &format!("workload({a})")),
+        module_samples(g, &format!("workload({b})")),
+    );
+    let nc = module_samples(g, &format!("spinner({c})"));
+    let ns = module_samples(g, &format!("workload({short})"));
+    assert!(
+        na > 500 && nb > 500 && nc > 500,
+        "a={na} b={nb} c={nc}\n{ctx}"
+    );
+    let split = 100.0 * na as f64 / (na + nb) as f64;
+    assert!(
+        (split - 50.0).abs() <= TOLERANCE,
+        "workload({a}) has {split:.2} % of the two identical processes' samples\n{ctx}"
+    );
+    assert!(
+        ns > 0,
+        "the short-lived process workload({short}) got no samples\n{ctx}"
+    );
+    // Their hot functions by name, each in its own process.
+    for pid in [a, b, short] {
+        let module = format!("workload({pid})");
+        assert!(
+            g.rows
+                .iter()
+                .any(|row| row.function == "hot_alpha" && row.module == module),
+            "no hot_alpha row for {module}\n{ctx}"
+        );
+    }
 }

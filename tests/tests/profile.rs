@@ -164,8 +164,8 @@ fn bochs_truth_profile_matches_ground_truth() {
     // The two ring-3 processes are told apart by their CR3 alone.
     for r in &busy {
         let want = match r.function.as_str() {
-            "alpha_heavy" | "alpha_light" => Some("alpha:"),
-            "beta_work" => Some("beta:"),
+            "alpha_heavy" | "alpha_light" => Some("alpha("),
+            "beta_work" => Some("beta("),
             _ => None,
         };
         if let Some(prefix) = want {

@@ -291,7 +291,8 @@ fn vmm_build_std_args() -> Vec<String> {
 }
 
 /// The scenarios whose images the end-to-end tests boot besides the default one.
-const LINUX_TEST_SCENARIOS: [&str; 3] = ["linux", "linux-bzimage", "linux-triplefault"];
+const LINUX_TEST_SCENARIOS: [&str; 4] =
+    ["linux", "linux-bzimage", "linux-triplefault", "linux-procs"];
 
 /// `cargo xtask test`: lint, unit tests, image, end-to-end boots. Returns whether all passed.
 pub fn test(opts: &ImageOptions, e2e: bool) -> Result<bool> {

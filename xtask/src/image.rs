@@ -21,7 +21,8 @@ use std::process::{Command, Stdio};
 ///   reference is jiffies, which fall behind whenever the hypervisor holds the pCPU (a
 ///   sampling exit, the console), and it would then declare the TSC unstable and move
 ///   the guest to jiffies. The TSC is the host's own, offset 0: it is the reliable clock.
-pub const LINUX_CMDLINE: &str = "console=ttyS0 quiet cryptomgr.notests mitigations=off 8250.nr_uarts=1 panic=-1 tsc=reliable";
+pub const LINUX_CMDLINE: &str =
+    "console=ttyS0 quiet cryptomgr.notests mitigations=off 8250.nr_uarts=1 panic=-1 tsc=reliable";
 
 /// Guest RAM of Linux VMs, MiB.
 pub const LINUX_MEM_MB: u32 = 256;
@@ -224,9 +225,7 @@ impl Scenario {
             "linux-procs" => linux(
                 name,
                 LinuxKernel::Pvh,
-                Init::Procs {
-                    vm: "linux".into(),
-                },
+                Init::Procs { vm: "linux".into() },
                 LINUX_CMDLINE.into(),
             ),
             "linux-triplefault" => {
@@ -750,7 +749,7 @@ mod tests {
         );
         let cfg = grub_cfg(&s);
         assert!(cfg.contains(
-            "    module2 /boot/vmlinux.elf vmlinux console=ttyS0 quiet cryptomgr.notests mitigations=off 8250.nr_uarts=1 panic=-1\n\
+            "    module2 /boot/vmlinux.elf vmlinux console=ttyS0 quiet cryptomgr.notests mitigations=off 8250.nr_uarts=1 panic=-1 tsc=reliable\n\
              \x20   module2 /boot/linux-initrd.cpio linux-initrd\n\
              \x20   module2 /boot/truth-guest.elf truth-guest\n"
         ), "{cfg}");

@@ -26,7 +26,10 @@ pub fn scenario_iso(name: &str) -> PathBuf {
     if matches!(name, "truth" | "default") {
         default_iso()
     } else {
-        build_dir().join("scenarios").join(name).join("hypervisor.iso")
+        build_dir()
+            .join("scenarios")
+            .join(name)
+            .join("hypervisor.iso")
     }
 }
 
