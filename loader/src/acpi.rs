@@ -217,9 +217,15 @@ fn madt(vcpus: u8) -> Vec<u8> {
     out
 }
 
+/// Bytes the XSDT sits past a 16-byte boundary so that its entries are 8-aligned.
+const XSDT_ENTRY_SHIFT: usize = 4;
+
 /// Offsets of XSDT, FADT, MADT, DSDT (the RSDP is at 0) and the total size.
 fn offsets(vcpus: usize, aml_len: usize) -> ([usize; 4], usize) {
-    let xsdt = align(RSDP_LEN);
+    // The XSDT's 64-bit entries start 36 bytes into it: placing it at 4 mod 8 makes them
+    // 8-aligned. ACPI does not require it, but readers such as the `acpi` crate (6.1)
+    // load them as aligned u64 values.
+    let xsdt = align(RSDP_LEN) + XSDT_ENTRY_SHIFT;
     let fadt = align(xsdt + HEADER_LEN + 2 * 8);
     let madt = align(fadt + FADT_LEN);
     let dsdt = align(madt + MADT_HEADER_LEN + vcpus * MADT_LAPIC_LEN + MADT_LAPIC_NMI_LEN);

@@ -360,9 +360,10 @@ fn tables_parse_back_for_one_to_many_vcpus() {
         assert_eq!(l.rsdp, 0xe_0000);
         assert_eq!(
             [l.xsdt, l.fadt, l.madt],
-            [0xe_0030, 0xe_0070, 0xe_0190],
-            "16-byte aligned, in order"
+            [0xe_0034, 0xe_0070, 0xe_0190],
+            "in order; FADT and MADT 16-byte aligned, the XSDT's entries 8-byte aligned"
         );
+        assert_eq!((l.xsdt + 36) % 8, 0);
         let madt_end = l.madt + 44 + 8 * u64::from(vcpus) + 6;
         assert_eq!(l.dsdt, madt_end.div_ceil(16) * 16);
         assert_eq!(l.size as u64, l.dsdt - 0xe_0000 + 36 + 63);
