@@ -359,7 +359,15 @@ pub fn test(opts: &ImageOptions, e2e: bool) -> Result<bool> {
                     if let Some(initrd) = &initrd {
                         c.env(LINUX_INITRD_ENV, initrd);
                     }
-                    cmd::run(c.args(["test", "-p", "e2e-tests", "--", "--test-threads=2"]))
+                    // --no-fail-fast: every test binary runs even when one fails.
+                    cmd::run(c.args([
+                        "test",
+                        "-p",
+                        "e2e-tests",
+                        "--no-fail-fast",
+                        "--",
+                        "--test-threads=2",
+                    ]))
                 });
             }
             None => stages.push(Stage {
