@@ -2,9 +2,10 @@
 //!
 //! - `sample_hz=N`: sampling rate, 1..=[`MAX_SAMPLE_HZ`] (default [`DEFAULT_SAMPLE_HZ`]);
 //! - `run_ms=N`: stop after this much host time, 0 = until every guest has stopped (default 0);
-//! - `vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]`: one per VM, `MODULE` being the
-//!   name given to GRUB's `module2` (the first word of its command line), `initrd` naming a
-//!   second module to give a Linux guest as its initial RAM disk.
+//! - `vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N][:channel=off|kernel|user]`: one
+//!   per VM, `MODULE` being the name given to GRUB's `module2` (the first word of its
+//!   command line), `initrd` naming a second module to give a Linux guest as its initial
+//!   RAM disk, `channel` who in the guest may use the `GUEST_DATA` hypercall ([`Channel`]).
 //!
 //! GRUB puts the image path first (`/boot/hypervisor.elf sample_hz=1000`); a first word
 //! without `=` that starts with `/` or `(` is taken as that path and skipped.
@@ -32,6 +33,37 @@ pub const MAX_MEM_MB: u32 = 3072;
 /// Longest VM name.
 pub const MAX_NAME_LEN: usize = 32;
 
+/// Who in a VM may deliver data to the host through the `GUEST_DATA` hypercall
+/// (docs/contracts.md, "Guests"): `channel=off|kernel|user` in a `vm=` entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Channel {
+    /// Nobody: every call is refused.
+    Off,
+    /// Only code at CPL 0 (the guest kernel). The default.
+    #[default]
+    Kernel,
+    /// Any privilege level, user processes (CPL 3) included; their buffers must then be
+    /// user-accessible.
+    User,
+}
+
+impl Channel {
+    /// The option's value on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Off => "off",
+            Channel::Kernel => "kernel",
+            Channel::User => "user",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        [Channel::Off, Channel::Kernel, Channel::User]
+            .into_iter()
+            .find(|c| c.name() == value)
+    }
+}
+
 /// One `vm=` entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmSpec<'a> {
@@ -45,6 +77,8 @@ pub struct VmSpec<'a> {
     pub vcpus: u32,
     /// Guest RAM in MiB, 1..=[`MAX_MEM_MB`].
     pub mem_mb: u32,
+    /// Who may use the guest-data hypercall (default [`Channel::Kernel`]).
+    pub channel: Channel,
 }
 
 /// The parsed hypervisor command line.
@@ -85,12 +119,16 @@ pub enum CmdlineError<'a> {
         min: u64,
         max: u64,
     },
-    #[error("cmdline: `{0}` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]")]
+    #[error(
+        "cmdline: `{0}` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N][:channel=off|kernel|user]"
+    )]
     BadVm(&'a str),
     #[error("cmdline: VM name `{0}` must be 1-32 characters of A-Z a-z 0-9 _ -")]
     BadVmName(&'a str),
-    #[error("cmdline: unknown VM option `{0}` (known: initrd, vcpus, mem_mb)")]
+    #[error("cmdline: unknown VM option `{0}` (known: initrd, vcpus, mem_mb, channel)")]
     UnknownVmOption(&'a str),
+    #[error("cmdline: channel=`{0}` is not one of off, kernel, user")]
+    BadChannel(&'a str),
     #[error("cmdline: VM `{0}` is declared twice")]
     DuplicateVm(&'a str),
     #[error("cmdline: more than {MAX_VMS} vm= entries")]
@@ -147,8 +185,9 @@ fn parse_vm(value: &str) -> Result<VmSpec<'_>, CmdlineError<'_>> {
         initrd: None,
         vcpus: 1,
         mem_mb: DEFAULT_MEM_MB,
+        channel: Channel::default(),
     };
-    let (mut seen_vcpus, mut seen_mem) = (false, false);
+    let (mut seen_vcpus, mut seen_mem, mut seen_channel) = (false, false, false);
     for opt in parts {
         let (key, val) = opt.split_once('=').ok_or(CmdlineError::BadVm(value))?;
         match key {
@@ -169,7 +208,13 @@ fn parse_vm(value: &str) -> Result<VmSpec<'_>, CmdlineError<'_>> {
                 seen_mem = true;
                 vm.mem_mb = number(key, val, 1, MAX_MEM_MB.into())? as u32;
             }
-            "initrd" | "vcpus" | "mem_mb" => return Err(CmdlineError::Repeated(key)),
+            "channel" if !seen_channel => {
+                seen_channel = true;
+                vm.channel = Channel::parse(val).ok_or(CmdlineError::BadChannel(val))?;
+            }
+            "initrd" | "vcpus" | "mem_mb" | "channel" => {
+                return Err(CmdlineError::Repeated(key));
+            }
             _ => return Err(CmdlineError::UnknownVmOption(opt)),
         }
     }
@@ -245,14 +290,16 @@ mod tests {
                     module: "vmlinux",
                     initrd: Some("initrd.cpio"),
                     vcpus: 1,
-                    mem_mb: 256
+                    mem_mb: 256,
+                    channel: Channel::Kernel,
                 },
                 VmSpec {
                     name: "gt",
                     module: "ground-truth",
                     initrd: None,
                     vcpus: 1,
-                    mem_mb: 64
+                    mem_mb: 64,
+                    channel: Channel::Kernel,
                 },
             ]
         );
@@ -309,15 +356,15 @@ mod tests {
         );
         assert_eq!(
             err("vm=a"),
-            "cmdline: `a` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
+            "cmdline: `a` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N][:channel=off|kernel|user]"
         );
         assert_eq!(
             err("vm=:m"),
-            "cmdline: `:m` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
+            "cmdline: `:m` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N][:channel=off|kernel|user]"
         );
         assert_eq!(
             err("vm=a b:m"),
-            "cmdline: `a` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
+            "cmdline: `a` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N][:channel=off|kernel|user]"
         );
         assert_eq!(
             err("vm=a.b:m"),
@@ -333,15 +380,15 @@ mod tests {
         );
         assert_eq!(
             err("vm=a:m:cpus=2"),
-            "cmdline: unknown VM option `cpus=2` (known: initrd, vcpus, mem_mb)"
+            "cmdline: unknown VM option `cpus=2` (known: initrd, vcpus, mem_mb, channel)"
         );
         assert_eq!(
             err("vm=a:m:vcpus"),
-            "cmdline: `a:m:vcpus` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
+            "cmdline: `a:m:vcpus` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N][:channel=off|kernel|user]"
         );
         assert_eq!(
             err("vm=a:m:initrd="),
-            "cmdline: `a:m:initrd=` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N]"
+            "cmdline: `a:m:initrd=` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N][:channel=off|kernel|user]"
         );
         assert_eq!(
             err("vm=a:m:initrd=i:initrd=j"),
@@ -355,5 +402,53 @@ mod tests {
         assert_eq!(err("run_ms=1 run_ms=2"), "cmdline: `run_ms` is given twice");
         let nine: String = (0..9).map(|i| format!("vm=v{i}:m ")).collect();
         assert_eq!(err(&nine), "cmdline: more than 8 vm= entries");
+    }
+
+    #[test]
+    fn channel_option() {
+        let c = HvConfig::parse(
+            "vm=a:m vm=b:m:channel=off vm=c:m:channel=kernel vm=d:m:mem_mb=8:channel=user:initrd=i",
+        )
+        .unwrap();
+        let ch: Vec<Channel> = c.vms.iter().map(|v| v.channel).collect();
+        assert_eq!(
+            ch,
+            [
+                Channel::Kernel,
+                Channel::Off,
+                Channel::Kernel,
+                Channel::User
+            ]
+        );
+        assert_eq!(
+            c.vm("d").map(|v| (v.mem_mb, v.initrd)),
+            Some((8, Some("i")))
+        );
+        assert_eq!(VmSpec::default().channel, Channel::Kernel);
+        assert_eq!(Channel::User.name(), "user");
+        assert_eq!(
+            err("vm=a:m:channel=yes"),
+            "cmdline: channel=`yes` is not one of off, kernel, user"
+        );
+        assert_eq!(
+            err("vm=a:m:channel="),
+            "cmdline: channel=`` is not one of off, kernel, user"
+        );
+        assert_eq!(
+            err("vm=a:m:channel=User"),
+            "cmdline: channel=`User` is not one of off, kernel, user"
+        );
+        assert_eq!(
+            err("vm=a:m:channel=off:channel=user"),
+            "cmdline: `channel` is given twice"
+        );
+        assert_eq!(
+            err("vm=a:m:chan=off"),
+            "cmdline: unknown VM option `chan=off` (known: initrd, vcpus, mem_mb, channel)"
+        );
+        assert_eq!(
+            err("vm=a:m:channel"),
+            "cmdline: `a:m:channel` is not vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=N][:channel=off|kernel|user]"
+        );
     }
 }

@@ -91,6 +91,18 @@ pub enum Item {
     GuestTimeOffset(GuestTimeOffset),
     /// End record.
     End(End),
+    /// Bytes a guest delivered (see [`GuestData`]): concatenate the `data` of one
+    /// `(vm, kind)` in `seq` order to get the whole stream.
+    GuestData {
+        /// VM id.
+        vm: u16,
+        /// What the bytes are ([`GUEST_DATA_BUNDLE`]: a guest bundle).
+        kind: u16,
+        /// Record number within `(vm, kind)`, from 0.
+        seq: u32,
+        /// The bytes (at most [`MAX_GUEST_DATA_RECORD`]).
+        data: Vec<u8>,
+    },
 }
 
 /// Why decoding stopped.
@@ -354,6 +366,12 @@ impl<R: BufRead> Decoder<R> {
                     },
                     Record::GuestTimeOffset(o) => Item::GuestTimeOffset(o),
                     Record::End(e) => Item::End(e),
+                    Record::GuestData(g) => Item::GuestData {
+                        vm: g.vm,
+                        kind: g.kind,
+                        seq: g.seq,
+                        data: g.data.to_vec(),
+                    },
                 }
             }
         };
@@ -378,6 +396,8 @@ impl<R: BufRead> Iterator for Decoder<R> {
 pub struct LogWriter {
     out: Vec<u8>,
     seqs: BTreeMap<u16, u32>,
+    /// Next [`GuestData::seq`] per `(vm, kind)`.
+    guest_seqs: BTreeMap<(u16, u16), u32>,
     frames: u64,
     samples: u64,
 }
@@ -387,6 +407,7 @@ impl Default for LogWriter {
         LogWriter {
             out: vec![0],
             seqs: BTreeMap::new(),
+            guest_seqs: BTreeMap::new(),
             frames: 0,
             samples: 0,
         }
@@ -444,6 +465,25 @@ impl LogWriter {
             self.frames += 1;
             self.samples += e.samples as u64;
             samples = &samples[e.samples..];
+        }
+        Ok(())
+    }
+
+    /// Appends `data` as [`GuestData`] records on [`GLOBAL_STREAM`], split into pieces of
+    /// [`MAX_GUEST_DATA_RECORD`] bytes, numbered on from the last record of `(vm, kind)`,
+    /// as the hypervisor writes a delivery. Empty `data` writes nothing.
+    pub fn guest_data(&mut self, vm: u16, kind: u16, data: &[u8]) -> Result<(), wire::EncodeError> {
+        for chunk in data.chunks(MAX_GUEST_DATA_RECORD) {
+            let next = self.guest_seqs.entry((vm, kind)).or_insert(0);
+            let seq = *next;
+            *next = next.wrapping_add(1);
+            let record = Record::GuestData(GuestData {
+                vm,
+                kind,
+                seq,
+                data: chunk,
+            });
+            self.record(GLOBAL_STREAM, &record)?;
         }
         Ok(())
     }

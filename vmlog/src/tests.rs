@@ -119,6 +119,18 @@ fn records_round_trip() {
             dropped_total: 7,
             frames_total: 6,
         }),
+        Record::GuestData(GuestData {
+            vm: 1,
+            kind: GUEST_DATA_BUNDLE,
+            seq: 0,
+            data: b"gk-bundle 2\nvm linux\n",
+        }),
+        Record::GuestData(GuestData {
+            vm: 0,
+            kind: 9,
+            seq: 70_000,
+            data: &[],
+        }),
     ];
     for (i, r) in recs.iter().enumerate() {
         let mut buf = [0u8; MAX_FRAME_LEN];
@@ -394,4 +406,220 @@ proptest! {
     fn decoder_never_panics_on_noise(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let _ = decode_all(&data);
     }
+}
+
+/// The largest guest-data record: every varint at its longest, 1024 bytes without a zero
+/// (COBS's worst case).
+fn worst_guest_data(data: &[u8]) -> Record<'_> {
+    Record::GuestData(GuestData {
+        vm: u16::MAX,
+        kind: u16::MAX,
+        seq: u32::MAX,
+        data,
+    })
+}
+
+#[test]
+fn a_full_guest_data_record_fits_one_frame() {
+    // docs/contracts.md ("Sample log") states it.
+    assert_eq!((wire::MAX_RAW_FRAME, MAX_FRAME_LEN), (1088, 1098));
+    for fill in [0xffu8, 0x00, 0x01] {
+        let data = vec![fill; MAX_GUEST_DATA_RECORD];
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let n = encode_record(&mut buf, GLOBAL_STREAM, u32::MAX, &worst_guest_data(&data))
+            .unwrap_or_else(|e| panic!("fill {fill:#x}: {e}"));
+        assert!(n <= MAX_FRAME_LEN);
+        assert_eq!(buf[n - 1], 0);
+        let mut log = vec![0u8];
+        log.extend_from_slice(&buf[..n]);
+        let f = wire::decode_frame(&mut buf[..n - 1]).unwrap();
+        assert_eq!((f.stream, f.seq), (GLOBAL_STREAM, u32::MAX));
+        match f.body {
+            wire::Body::Record(got) => assert_eq!(got, worst_guest_data(&data)),
+            wire::Body::Samples(_) => panic!("decoded as samples"),
+        }
+        // Through the streaming decoder too (it cuts chunks at MAX_FRAME_LEN).
+        let (items, stats, err) = decode_all(&log);
+        assert_eq!(err, None);
+        assert_eq!(stats.corrupt_frames, 0);
+        assert_eq!(
+            items,
+            [Item::GuestData {
+                vm: u16::MAX,
+                kind: u16::MAX,
+                seq: u32::MAX,
+                data
+            }]
+        );
+    }
+    let long = vec![1u8; MAX_GUEST_DATA_RECORD + 1];
+    let mut buf = [0u8; MAX_FRAME_LEN];
+    assert_eq!(
+        encode_record(&mut buf, GLOBAL_STREAM, 0, &worst_guest_data(&long)),
+        Err(EncodeError::RecordTooLarge)
+    );
+}
+
+#[test]
+fn a_frame_buffer_always_holds_any_record_that_fits() {
+    // Records up to and past the raw limit: each one either encodes into MAX_FRAME_LEN
+    // bytes or is too large, never "output too small".
+    let name = "n".repeat(wire::MAX_RAW_FRAME + 8);
+    for len in 0..name.len() {
+        let r = Record::Vm(VmInfo {
+            id: u16::MAX,
+            name: &name[..len],
+            vcpus: u16::MAX,
+        });
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        match encode_record(&mut buf, GLOBAL_STREAM, u32::MAX, &r) {
+            Ok(n) => assert!(n <= MAX_FRAME_LEN),
+            Err(e) => assert_eq!(e, EncodeError::RecordTooLarge, "name of {len} bytes"),
+        }
+    }
+}
+
+#[test]
+fn sample_batches_keep_their_size() {
+    let s = synth::realistic_samples(&mut Rng::new(5), 0, 2000);
+    let mut buf = [0u8; MAX_FRAME_LEN];
+    let e = encode_samples(&mut buf, 0, 0, PERIOD, &s).unwrap();
+    // 1024 raw bytes, CRC, COBS overhead and the delimiter.
+    assert!(e.bytes <= 1024 + 4 + 5 + 1, "{} bytes", e.bytes);
+}
+
+/// A log with the header, samples and two guest deliveries interleaved, and the bytes of
+/// each delivery.
+fn guest_data_log() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut rng = Rng::new(11);
+    let bundle: Vec<u8> = (0..3000).map(|_| rng.next_u64() as u8).collect();
+    let other: Vec<u8> = (0..700).map(|i| (i % 7) as u8).collect();
+    let samples = synth::realistic_samples(&mut rng, 0, 300);
+    let mut w = LogWriter::new();
+    w.header(&header(), &[]).unwrap();
+    w.samples(0, PERIOD, &samples[..100]).unwrap();
+    w.guest_data(0, GUEST_DATA_BUNDLE, &bundle[..2500]).unwrap();
+    w.guest_data(1, GUEST_DATA_BUNDLE, &other).unwrap();
+    w.samples(0, PERIOD, &samples[100..]).unwrap();
+    w.guest_data(0, GUEST_DATA_BUNDLE, &bundle[2500..]).unwrap();
+    w.end(0, 0).unwrap();
+    (w.into_bytes(), bundle, other)
+}
+
+/// `(vm, kind, seq, data)` of every guest-data item.
+fn guest_records(items: &[Item]) -> Vec<(u16, u16, u32, Vec<u8>)> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::GuestData {
+                vm,
+                kind,
+                seq,
+                data,
+            } => Some((*vm, *kind, *seq, data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn guest_data_is_split_numbered_and_reassembled_byte_exact() {
+    let (bytes, bundle, other) = guest_data_log();
+    let (items, stats, err) = decode_all(&bytes);
+    assert_eq!(err, None);
+    assert_eq!((stats.corrupt_frames, stats.gaps()), (0, 0));
+    let recs = guest_records(&items);
+    let vm0: Vec<_> = recs.iter().filter(|r| r.0 == 0).collect();
+    // 2500 bytes = 1024 + 1024 + 452, then 500 more: seq 0..=3, numbering goes on.
+    assert_eq!(
+        vm0.iter().map(|r| (r.2, r.3.len())).collect::<Vec<_>>(),
+        [(0, 1024), (1, 1024), (2, 452), (3, 500)]
+    );
+    let joined: Vec<u8> = vm0.iter().flat_map(|r| r.3.clone()).collect();
+    assert_eq!(joined, bundle);
+    let vm1: Vec<_> = recs.iter().filter(|r| r.0 == 1).collect();
+    assert_eq!(vm1.len(), 1);
+    assert_eq!(
+        (vm1[0].1, vm1[0].2, &vm1[0].3),
+        (GUEST_DATA_BUNDLE, 0, &other)
+    );
+    // Samples around them are untouched.
+    assert_eq!(all_samples(&items).len(), 300);
+}
+
+#[test]
+fn truncated_guest_data_loses_whole_records_only() {
+    let (bytes, _, _) = guest_data_log();
+    let full = guest_records(&decode_all(&bytes).0);
+    for cut in 0..bytes.len() {
+        let (items, _, err) = decode_all(&bytes[..cut]);
+        assert_eq!(err, None);
+        let got = guest_records(&items);
+        assert!(
+            full.starts_with(&got),
+            "cut {cut}: {} records not a prefix",
+            got.len()
+        );
+    }
+}
+
+#[test]
+fn corrupted_guest_data_is_dropped_never_altered() {
+    let (bytes, _, _) = guest_data_log();
+    let full = guest_records(&decode_all(&bytes).0);
+    // Every byte of the first few frames and a stride through the rest (the whole log
+    // at every byte takes long in debug builds).
+    let positions = (0..bytes.len()).filter(|p| *p < 3000 || p % 7 == 0);
+    for pos in positions {
+        let mut bad = bytes.clone();
+        bad[pos] ^= 0x5a;
+        let (items, stats, err) = decode_all(&bad);
+        assert_eq!(err, None, "pos {pos}");
+        assert!(stats.corrupt_frames >= 1, "pos {pos}: not noticed");
+        for r in guest_records(&items) {
+            assert!(
+                full.contains(&r),
+                "pos {pos}: altered record {:?}",
+                (r.0, r.2)
+            );
+        }
+    }
+}
+
+#[test]
+fn malformed_guest_data_bodies_are_corrupt_frames() {
+    // major 1, stream 0xffff, seq 0, kind 8, then the body.
+    let frame = |body: &[u8]| {
+        let mut raw = vec![1, 0xff, 0xff, 0x03, 0, 8];
+        raw.extend_from_slice(body);
+        let mut log = Vec::new();
+        push_raw_frame(&mut log, &raw);
+        decode_all(&log)
+    };
+    // Length past the end of the frame.
+    let (items, stats, _) = frame(&[0, 1, 0, 5, b'a', b'b']);
+    assert!(items.is_empty());
+    assert_eq!(stats.corrupt_frames, 1);
+    // Length above MAX_GUEST_DATA_RECORD (1025 = varint 81 08), data present.
+    let mut body = vec![0, 1, 0, 0x81, 0x08];
+    body.extend(std::iter::repeat_n(7u8, 1025));
+    let (items, stats, _) = frame(&body);
+    assert!(items.is_empty());
+    assert_eq!(stats.corrupt_frames, 1);
+    // vm above u16.
+    let (items, stats, _) = frame(&[0x80, 0x80, 0x04, 1, 0, 0]);
+    assert!(items.is_empty());
+    assert_eq!(stats.corrupt_frames, 1);
+    // Well formed, with bytes a newer minor might append: accepted.
+    let (items, stats, _) = frame(&[2, 1, 3, 2, b'h', b'i', 0xaa]);
+    assert_eq!(stats.corrupt_frames, 0);
+    assert_eq!(
+        items,
+        [Item::GuestData {
+            vm: 2,
+            kind: 1,
+            seq: 3,
+            data: b"hi".to_vec()
+        }]
+    );
 }

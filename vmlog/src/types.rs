@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 /// Major version of the wire format. A reader rejects frames of a newer major.
 pub const FORMAT_MAJOR: u8 = 1;
 /// Minor version of the wire format. Newer minors only add record kinds, which an
-/// older reader skips (counted as unknown records).
-pub const FORMAT_MINOR: u8 = 0;
+/// older reader skips (counted as unknown records). Minor 1 added [`GuestData`].
+pub const FORMAT_MINOR: u8 = 1;
 
 /// A VMX basic exit reason (Intel SDM Vol. 3C, Appendix C), bits 15:0 of the
 /// VM-exit reason field.
@@ -281,6 +281,36 @@ pub struct End {
     pub frames_total: u64,
 }
 
+/// [`GuestData::kind`] of a guest bundle (the text format of docs/contracts.md, "Guest
+/// bundle"), as `guest-kit` delivers it through the hypercall channel.
+pub const GUEST_DATA_BUNDLE: u16 = 1;
+
+/// Most data bytes one [`GuestData`] record carries. A longer delivery is split into
+/// consecutive records whose [`GuestData::seq`] counts up.
+pub const MAX_GUEST_DATA_RECORD: usize = 1024;
+
+/// Bytes a guest handed to the hypervisor (VMCALL `GUEST_DATA`, docs/contracts.md,
+/// "Guests"), written on [`crate::GLOBAL_STREAM`] in the order the guest made its calls.
+///
+/// A delivery longer than [`MAX_GUEST_DATA_RECORD`] bytes is split into several records.
+/// `seq` counts the records of one `(vm, kind)` pair from 0 over the whole run, so a
+/// reader concatenating the `data` of one pair in `seq` order gets every accepted byte
+/// in order, and a gap in `seq` shows a lost record. Each delivery starts a new record (no
+/// record holds bytes of two), but nothing else marks where one ended.
+///
+/// Wire body (not postcard): `vm:varint kind:varint seq:varint len:varint data[len]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestData<'a> {
+    /// VM id (as in [`VmInfo::id`]).
+    pub vm: u16,
+    /// What the bytes are, e.g. [`GUEST_DATA_BUNDLE`].
+    pub kind: u16,
+    /// Record number within `(vm, kind)`, from 0.
+    pub seq: u32,
+    /// The bytes, at most [`MAX_GUEST_DATA_RECORD`].
+    pub data: &'a [u8],
+}
+
 /// Any record except sample batches (those go through
 /// [`crate::encode_samples`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,4 +329,6 @@ pub enum Record<'a> {
     GuestTimeOffset(GuestTimeOffset),
     /// End of log.
     End(End),
+    /// Bytes delivered by a guest (format minor 1).
+    GuestData(GuestData<'a>),
 }

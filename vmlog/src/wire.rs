@@ -22,6 +22,15 @@
 //! the slot's previous sample). Otherwise the TSC is `prev + period + zigzag`
 //! and the RIP `slot_rip + zigzag` (wrapping). The first sample's TSC is
 //! `first_tsc`. Slots start empty in every frame, so each frame decodes alone.
+//! A sample batch stays within [`MAX_BATCH_RAW_FRAME`] bytes before its CRC.
+//!
+//! Guest data ([`GuestData`], kind 8, format minor 1) is not postcard either:
+//!
+//! ```text
+//! vm:varint  kind:varint  seq:varint  len:varint  data[len]
+//! ```
+//!
+//! with `len` at most [`MAX_GUEST_DATA_RECORD`]; [`MAX_RAW_FRAME`] holds the largest one.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,11 +38,16 @@ use crate::types::*;
 
 /// Stream number of records that belong to no pCPU (header, VM table, end).
 pub const GLOBAL_STREAM: u16 = u16::MAX;
-/// Largest frame before COBS stuffing.
-pub const MAX_RAW_FRAME: usize = 1024;
-/// Largest frame on the wire, delimiter included. An output buffer of this
-/// size always holds one frame.
-pub const MAX_FRAME_LEN: usize = MAX_RAW_FRAME + MAX_RAW_FRAME / 254 + 2;
+/// Largest frame before its CRC and COBS stuffing: a [`GuestData`] record with
+/// [`MAX_GUEST_DATA_RECORD`] bytes and every varint at its longest, with room to spare.
+pub const MAX_RAW_FRAME: usize = MAX_GUEST_DATA_RECORD + 64;
+/// Largest sample batch before its CRC: what [`MAX_RAW_FRAME`] was before guest data
+/// raised it, so batches keep the size they had.
+pub const MAX_BATCH_RAW_FRAME: usize = 1024;
+/// Largest frame on the wire, delimiter included: the COBS worst case of
+/// [`MAX_RAW_FRAME`] plus the CRC, and the delimiter. An output buffer of this size always
+/// holds one frame.
+pub const MAX_FRAME_LEN: usize = cobs::max_encoding_length(MAX_RAW_FRAME + CRC_LEN) + 1;
 /// Most samples in one batch frame.
 pub const MAX_BATCH_SAMPLES: usize = 255;
 
@@ -42,6 +56,22 @@ pub const MAX_BATCH_SAMPLES: usize = 255;
 const CRC: crc::Crc<u32, crc::Table<16>> =
     crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISO_HDLC);
 const CRC_LEN: usize = 4;
+/// Longest varint of a u16, a u32.
+const VARINT_U16: usize = 3;
+const VARINT_U32: usize = 5;
+/// The largest [`GuestData`] frame before its CRC: major, stream, seq, kind, then the
+/// body (vm, kind, seq, length of [`MAX_GUEST_DATA_RECORD`] = 2 bytes, the data).
+const WORST_GUEST_DATA: usize = 1
+    + VARINT_U16
+    + VARINT_U32
+    + 1
+    + VARINT_U16
+    + VARINT_U16
+    + VARINT_U32
+    + 2
+    + MAX_GUEST_DATA_RECORD;
+const _: () = assert!(WORST_GUEST_DATA <= MAX_RAW_FRAME);
+const _: () = assert!(MAX_BATCH_RAW_FRAME <= MAX_RAW_FRAME);
 /// Upper bound of one encoded sample (tag + context key + two varints).
 const WORST_SAMPLE: usize = 1 + 32 + 10 + 10;
 const SLOTS: usize = 8;
@@ -62,6 +92,7 @@ mod kind {
     pub const SCHED: u32 = 5;
     pub const GUEST_TIME_OFFSET: u32 = 6;
     pub const END: u32 = 7;
+    pub const GUEST_DATA: u32 = 8;
 }
 
 /// Why a frame could not be written.
@@ -156,6 +187,19 @@ impl Out<'_> {
         self.varint(((v << 1) ^ (v >> 63)) as u64)
     }
 
+    fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
+        let end = self
+            .pos
+            .checked_add(b.len())
+            .ok_or(EncodeError::RecordTooLarge)?;
+        self.buf
+            .get_mut(self.pos..end)
+            .ok_or(EncodeError::RecordTooLarge)?
+            .copy_from_slice(b);
+        self.pos = end;
+        Ok(())
+    }
+
     fn postcard<T: Serialize>(&mut self, value: &T) -> Result<(), EncodeError> {
         let rest = self
             .buf
@@ -215,6 +259,31 @@ impl<'a> In<'a> {
     fn zigzag(&mut self) -> Result<i64, FrameError> {
         let v = self.varint()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    fn bytes(&mut self, n: u64) -> Result<&'a [u8], FrameError> {
+        let n = usize::try_from(n).map_err(|_| FrameError::Malformed)?;
+        let end = self.pos.checked_add(n).ok_or(FrameError::Malformed)?;
+        let b = self.buf.get(self.pos..end).ok_or(FrameError::Malformed)?;
+        self.pos = end;
+        Ok(b)
+    }
+
+    fn guest_data(&mut self) -> Result<GuestData<'a>, FrameError> {
+        let vm = u16::try_from(self.varint()?).map_err(|_| FrameError::Malformed)?;
+        let kind = u16::try_from(self.varint()?).map_err(|_| FrameError::Malformed)?;
+        let seq = u32::try_from(self.varint()?).map_err(|_| FrameError::Malformed)?;
+        let len = self.varint()?;
+        if len > MAX_GUEST_DATA_RECORD as u64 {
+            return Err(FrameError::Malformed);
+        }
+        let data = self.bytes(len)?;
+        Ok(GuestData {
+            vm,
+            kind,
+            seq,
+            data,
+        })
     }
 
     fn postcard<T: Deserialize<'a>>(&mut self) -> Result<T, FrameError> {
@@ -364,6 +433,17 @@ pub fn encode_record(
             prefix(&mut w, stream, seq, kind::END)?;
             w.postcard(r)?;
         }
+        Record::GuestData(r) => {
+            if r.data.len() > MAX_GUEST_DATA_RECORD {
+                return Err(EncodeError::RecordTooLarge);
+            }
+            prefix(&mut w, stream, seq, kind::GUEST_DATA)?;
+            w.varint(u64::from(r.vm))?;
+            w.varint(u64::from(r.kind))?;
+            w.varint(u64::from(r.seq))?;
+            w.varint(r.data.len() as u64)?;
+            w.bytes(r.data)?;
+        }
     }
     let len = w.pos;
     seal(&mut raw, len, out)
@@ -397,7 +477,7 @@ pub fn encode_samples(
     };
     let mut raw = [0u8; MAX_RAW_FRAME + CRC_LEN];
     let mut w = Out {
-        buf: &mut raw[..MAX_RAW_FRAME],
+        buf: &mut raw[..MAX_BATCH_RAW_FRAME],
         pos: 0,
     };
     prefix(&mut w, pcpu, seq, kind::SAMPLES)?;
@@ -409,7 +489,7 @@ pub fn encode_samples(
     let mut prev_tsc = first.tsc;
     let mut taken = 0usize;
     for (i, s) in samples.iter().enumerate().take(MAX_BATCH_SAMPLES) {
-        if w.pos + WORST_SAMPLE > MAX_RAW_FRAME {
+        if w.pos + WORST_SAMPLE > MAX_BATCH_RAW_FRAME {
             break;
         }
         let key = CtxKey::of(&s.context);
@@ -687,6 +767,7 @@ pub fn parse_raw(raw: &[u8]) -> Result<Frame<'_>, FrameError> {
                 kind::SCHED => Record::Sched(r.postcard()?),
                 kind::GUEST_TIME_OFFSET => Record::GuestTimeOffset(r.postcard()?),
                 kind::END => Record::End(r.postcard()?),
+                kind::GUEST_DATA => Record::GuestData(r.guest_data()?),
                 _ => return Err(FrameError::UnknownKind { kind }),
             };
             if !r.at_end() {

@@ -14,6 +14,7 @@ use crate::vmx::vmcs::{
 };
 use crate::vmx::{cr0, cr4, interruptibility, rflags};
 
+use super::channel::{self, GuestView};
 use super::cpuid::{self, GuestCpu};
 use super::devices::acpi_pm::PmRequest;
 use super::lapic::{ApicAction, ApicMode};
@@ -26,6 +27,9 @@ pub mod vmcall {
     pub const SET_TIMER: u64 = 0x01;
     pub const STOP: u64 = 0x02;
     pub const TSC_NOW: u64 = 0x03;
+    /// Copies a guest buffer into the sample log ([`super::super::channel`]); the only call
+    /// a user-mode caller may make, when its VM allows it. Returns 0 or a refusal code.
+    pub const GUEST_DATA: u64 = 0x04;
     /// RAX for an unknown call or one made outside CPL 0.
     pub const ERROR: u64 = u64::MAX;
 }
@@ -135,6 +139,10 @@ pub enum Outcome {
     ExternalInterrupt(u8),
     /// An NMI arrived in guest mode.
     Nmi,
+    /// A `GUEST_DATA` call was accepted: its bytes wait in the VM's channel
+    /// ([`channel::GuestChannel::staged`]) for the loop to export them before the next
+    /// entry; then it clears them.
+    GuestData { kind: u16 },
 }
 
 /// Handles one exit of `vm.vcpus[index]`.
@@ -228,6 +236,33 @@ pub fn handle(
             vcpu.halted_interruptible = can_wake;
             vcpu.halted = !(can_wake && vcpu.interrupt_waiting());
             advance(vmcs, exit);
+        }
+        ExitReason::Vmcall if vcpu.regs.0[reg::RAX] == vmcall::GUEST_DATA => {
+            let r = &vcpu.regs.0;
+            let call = channel::Call {
+                addr: r[reg::RBX],
+                len: r[reg::RCX],
+                kind: r[reg::RDX],
+                cpl: access_rights::dpl(exit.ss_access_rights),
+            };
+            let view = GuestView {
+                mem: &*vm.ram.bytes(),
+                mode: PagingMode::from_regs(
+                    vmcs.read(GuestNW::Cr0),
+                    vmcs.read(GuestNW::Cr4),
+                    vmcs.read(Guest64::Ia32Efer),
+                ),
+                cr3: vmcs.read(GuestNW::Cr3),
+            };
+            let result = vm.channel.call(call, &view, env.tsc(), env.tsc_hz());
+            vcpu.regs.0[reg::RAX] = match result {
+                Ok(()) => channel::ACCEPTED,
+                Err(refusal) => refusal.code(),
+            };
+            advance(vmcs, exit);
+            if let Some((kind, _)) = vm.channel.staged() {
+                return Outcome::GuestData { kind };
+            }
         }
         ExitReason::Vmcall => {
             let cpl = access_rights::dpl(exit.ss_access_rights);
@@ -1259,5 +1294,185 @@ mod tests {
         handle(&e, &mut vm, 0, &mut vmcs, &mut env);
         assert!(!vm.vcpus[0].halted, "IF set and a vector pending: no halt");
         assert!(vm.vcpus[0].halted_interruptible);
+    }
+
+    /// A 64-bit guest with 4 MiB of RAM, tables at 0x1000 mapping VA 0x40_0000 as a user
+    /// 2 MiB page -> 0x20_0000 (filled with a pattern) and VA 0x60_0000 not at all, and a
+    /// VMCALL exit of it at CPL `cpl` with RAX = `GUEST_DATA`.
+    fn channel_guest(permission: channel::Channel, cpl: u64) -> (Vm, MockVmcs) {
+        let mut vm = vm();
+        let mut ram = vec![0u8; 4 << 20];
+        let mut put = |addr: usize, v: u64| ram[addr..addr + 8].copy_from_slice(&v.to_le_bytes());
+        put(0x1000, 0x2000 | 7);
+        put(0x2000, 0x3000 | 7);
+        put(0x3000 + 2 * 8, 0x20_0000 | 7 | 0x80);
+        for (i, b) in ram[0x20_0000..0x40_0000].iter_mut().enumerate() {
+            *b = (i % 251) as u8 ^ (i >> 12) as u8;
+        }
+        vm.ram = super::super::vcpu::GuestRam::Test(ram);
+        vm.channel = channel::GuestChannel::new(permission);
+        let (_, mut vmcs) = exit(18, 0, 3);
+        for (f, v) in [
+            (GuestNW::Cr0.encoding(), 0x8000_0031),
+            (GuestNW::Cr4.encoding(), 0x2020),
+            (Guest64::Ia32Efer.encoding(), efer::LME | efer::LMA),
+            (GuestNW::Cr3.encoding(), 0x1000),
+            (Guest32::SsAccessRights.encoding(), 0xc093 | (cpl << 5)),
+        ] {
+            vmcs.fields.insert(f, v);
+        }
+        vm.vcpus[0].regs.0[reg::RAX] = vmcall::GUEST_DATA;
+        (vm, vmcs)
+    }
+
+    /// One GUEST_DATA call: its outcome and RAX afterwards.
+    fn guest_data_call(
+        vm: &mut Vm,
+        vmcs: &mut MockVmcs,
+        env: &mut Env,
+        addr: u64,
+        len: u64,
+        kind: u64,
+    ) -> (Outcome, u64) {
+        let r = &mut vm.vcpus[0].regs.0;
+        r[reg::RAX] = vmcall::GUEST_DATA;
+        r[reg::RBX] = addr;
+        r[reg::RCX] = len;
+        r[reg::RDX] = kind;
+        vmcs.fields.insert(GuestNW::Rip.encoding(), 0x10_0000);
+        let e = VmExit::decode(vmcs);
+        let outcome = handle(&e, vm, 0, vmcs, env);
+        assert_eq!(
+            vmcs.get(GuestNW::Rip),
+            Some(0x10_0003),
+            "the call completes"
+        );
+        (outcome, vm.vcpus[0].regs.0[reg::RAX])
+    }
+
+    #[test]
+    fn guest_data_vmcall_stages_the_buffer_or_returns_a_code() {
+        let mut env = Env::default();
+        let (mut vm, mut vmcs) = channel_guest(channel::Channel::Kernel, 0);
+        let (outcome, rax) = guest_data_call(&mut vm, &mut vmcs, &mut env, 0x40_0100, 3000, 1);
+        assert_eq!((outcome, rax), (Outcome::GuestData { kind: 1 }, 0));
+        let want = match &vm.ram {
+            super::super::vcpu::GuestRam::Test(r) => r[0x20_0100..0x20_0100 + 3000].to_vec(),
+            _ => unreachable!(),
+        };
+        assert_eq!(vm.channel.staged().map(|(_, b)| b.to_vec()), Some(want));
+        vm.channel.clear_staged();
+        for (addr, len, kind, code) in [
+            (0x40_0000, 8, 7, 5),
+            (0x40_0000, 0, 1, 3),
+            (0x40_0000, 65537, 1, 3),
+            (0x60_0000, 8, 1, 2),
+            (0x3f_fffc, 8, 1, 2),
+            (0x8000_0000_0000, 8, 1, 2),
+        ] {
+            let got = guest_data_call(&mut vm, &mut vmcs, &mut env, addr, len, kind);
+            assert_eq!(
+                got,
+                (Outcome::Continue, code),
+                "{addr:#x}+{len} kind {kind}"
+            );
+            assert_eq!(vm.channel.staged(), None);
+        }
+        // A user process of a kernel-only VM.
+        vmcs.fields
+            .insert(Guest32::SsAccessRights.encoding(), 0xc0f3);
+        let got = guest_data_call(&mut vm, &mut vmcs, &mut env, 0x40_0000, 8, 1);
+        assert_eq!(got, (Outcome::Continue, 1));
+        assert_eq!(
+            format!("{}", vm.channel.stats),
+            "3000 bytes in 1 calls accepted; refused: not-allowed 1, bad-address 3, too-long 2, over-budget 0, bad-kind 1"
+        );
+        assert_eq!(vm.stopped, None);
+    }
+
+    #[test]
+    fn a_user_channel_opens_guest_data_and_nothing_else_to_cpl_3() {
+        let mut env = Env::default();
+        let (mut vm, mut vmcs) = channel_guest(channel::Channel::User, 3);
+        let got = guest_data_call(&mut vm, &mut vmcs, &mut env, 0x40_0000, 100, 1);
+        assert_eq!(got, (Outcome::GuestData { kind: 1 }, 0));
+        vm.channel.clear_staged();
+        // STOP from CPL 3 still fails.
+        vm.vcpus[0].regs.0[reg::RAX] = vmcall::STOP;
+        let e = VmExit::decode(&vmcs);
+        assert_eq!(
+            handle(&e, &mut vm, 0, &mut vmcs, &mut env),
+            Outcome::Continue
+        );
+        assert_eq!(vm.vcpus[0].regs.0[reg::RAX], vmcall::ERROR);
+        assert_eq!(vm.stopped, None);
+        // Off: refused at any CPL.
+        let (mut vm, mut vmcs) = channel_guest(channel::Channel::Off, 0);
+        let got = guest_data_call(&mut vm, &mut vmcs, &mut env, 0x40_0000, 100, 1);
+        assert_eq!(got, (Outcome::Continue, 1));
+    }
+
+    #[test]
+    fn accepted_guest_data_reaches_the_log_byte_exact_in_order() {
+        let mut env = Env::default();
+        let (mut vm, mut vmcs) = channel_guest(channel::Channel::User, 3);
+        let ram = match &vm.ram {
+            super::super::vcpu::GuestRam::Test(r) => r.clone(),
+            _ => unreachable!(),
+        };
+        let mut log = Vec::new();
+        let mut ex = super::super::export::Exporter::new(|b: &[u8]| log.extend_from_slice(b), 1);
+        let mut want = Vec::new();
+        let calls: [(u64, u64); 6] = [
+            (0x40_0000, 3000),
+            (0x41_0000, 1),
+            (0x60_0000, 50), // unmapped: refused, not in the log
+            (0x42_0123, 65536),
+            (0x40_0000, 1024),
+            (0x5f_ff00, 256),
+        ];
+        for (addr, len) in calls {
+            let (outcome, rax) = guest_data_call(&mut vm, &mut vmcs, &mut env, addr, len, 1);
+            if let Outcome::GuestData { kind } = outcome {
+                assert_eq!(rax, 0);
+                let (k, bytes) = vm.channel.staged().unwrap();
+                assert_eq!(k, kind);
+                ex.guest_data(vm.id, kind, bytes);
+                vm.channel.clear_staged();
+                let gpa = (addr - 0x40_0000 + 0x20_0000) as usize;
+                want.extend_from_slice(&ram[gpa..gpa + len as usize]);
+            } else {
+                assert_eq!((addr, rax), (0x60_0000, 2));
+            }
+        }
+        ex.end(0);
+        let records = ex.guest_records;
+        drop(ex);
+        // 3000 = 3 records, 1 = 1, 65536 = 64, 1024 = 1, 256 = 1.
+        assert_eq!(records, 70);
+        let mut got = Vec::new();
+        let mut seqs = Vec::new();
+        let mut dec = vmlog::Decoder::from_slice(&log[..]);
+        for item in dec.by_ref() {
+            if let vmlog::Item::GuestData {
+                vm,
+                kind,
+                seq,
+                data,
+            } = item.unwrap()
+            {
+                assert_eq!((vm, kind), (0, vmlog::GUEST_DATA_BUNDLE));
+                assert!(!data.is_empty() && data.len() <= vmlog::MAX_GUEST_DATA_RECORD);
+                seqs.push(seq);
+                got.extend_from_slice(&data);
+            }
+        }
+        assert_eq!(dec.stats().corrupt_frames, 0);
+        assert_eq!(dec.stats().gaps(), 0);
+        assert_eq!(seqs, (0..70).collect::<Vec<u32>>());
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "bytes differ");
+        assert_eq!(vm.channel.stats.accepted_bytes, want.len() as u64);
+        assert_eq!(vm.channel.stats.bad_address, 1);
     }
 }

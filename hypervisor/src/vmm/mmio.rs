@@ -20,6 +20,8 @@ const PAGE: u64 = 4096;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 mod pte {
     pub const PRESENT: u64 = 1 << 0;
+    /// User/supervisor: user-mode accesses allowed through this entry.
+    pub const USER: u64 = 1 << 2;
     /// Page size: a 1 GiB (PDPTE) or 2 MiB (PDE) page.
     pub const PS: u64 = 1 << 7;
 }
@@ -28,9 +30,15 @@ mod pte {
 pub trait GuestMemory {
     /// Reads `buf.len()` bytes at `gpa`; false when any of them is outside guest RAM.
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    /// Bytes of guest RAM: guest-physical `0..size()`.
+    fn size(&self) -> u64;
 }
 
 impl GuestMemory for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
         let Ok(start) = usize::try_from(gpa) else {
             return false;
@@ -128,6 +136,142 @@ pub fn translate(
         table = entry & ADDR_MASK;
     }
     None
+}
+
+/// Who makes an access through the guest's page tables: user-mode accesses need the U/S
+/// bit at every level (SDM Vol. 3A 4.6.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Privilege {
+    /// CPL 0: any present mapping.
+    Supervisor,
+    /// CPL 1-3 (treated alike, as the strictest): every level user-accessible.
+    User,
+}
+
+/// Why a guest-virtual range cannot be read (what the CPU would fault on, or memory that is
+/// not the VM's RAM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalkError {
+    /// Empty, wrapping past the top of the address space, or not canonical (bits 63..47,
+    /// or 63..56 with five-level paging, not all equal; above 4 GiB with paging off).
+    NonCanonical,
+    /// A paging-structure entry on the way is not present (or has a reserved PS bit).
+    NotPresent,
+    /// A user access through an entry whose U/S bit is clear.
+    NotUser,
+    /// A paging structure or the data lies outside the VM's RAM.
+    OutsideRam,
+    /// 32-bit or PAE paging outside IA-32e mode: not walked.
+    PagingMode,
+}
+
+/// The first part of a guest-virtual range that one page maps: `len` bytes at `gpa`, all
+/// inside guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub gpa: u64,
+    pub len: u64,
+}
+
+/// Highest linear address +1 with paging off (32-bit linear addresses).
+const NO_PAGING_LIMIT: u64 = 1 << 32;
+
+/// Whether `[va, va + len)` is a non-empty range of canonical addresses that does not wrap:
+/// both ends canonical means the whole range is (the two canonical halves are apart).
+pub fn check_range(mode: PagingMode, va: u64, len: u64) -> Result<(), WalkError> {
+    if len == 0 {
+        return Err(WalkError::NonCanonical);
+    }
+    let last = va.checked_add(len - 1).ok_or(WalkError::NonCanonical)?;
+    if !mode.paging {
+        return if last < NO_PAGING_LIMIT {
+            Ok(())
+        } else {
+            Err(WalkError::NonCanonical)
+        };
+    }
+    let bits = if mode.five_level { 57 } else { 48 };
+    let canonical = |a: u64| {
+        let top = (a as i64) >> (bits - 1);
+        top == 0 || top == -1
+    };
+    if canonical(va) && canonical(last) {
+        Ok(())
+    } else {
+        Err(WalkError::NonCanonical)
+    }
+}
+
+/// Guest-virtual `[va, va + len)` -> the guest-physical piece of it that `va`'s page maps
+/// (up to the end of that 4 KiB, 2 MiB or 1 GiB page, at most `len` bytes), walking the
+/// guest's 4- or 5-level IA-32e tables from `cr3` with present bits checked at every level
+/// and, for [`Privilege::User`], U/S bits too. The piece is inside guest RAM. With paging
+/// off, the identity (below 4 GiB). Write and execute rights are not checked: this reads.
+/// `len` is assumed checked by [`check_range`]; only `va` is checked here.
+pub fn translate_piece(
+    mem: &(impl GuestMemory + ?Sized),
+    mode: PagingMode,
+    cr3: u64,
+    va: u64,
+    len: u64,
+    who: Privilege,
+) -> Result<Piece, WalkError> {
+    check_range(mode, va, 1)?;
+    let (gpa, page_shift) = if !mode.paging {
+        (va, 12)
+    } else {
+        if !mode.long_mode {
+            return Err(WalkError::PagingMode);
+        }
+        walk(mem, mode, cr3, va, who)?
+    };
+    let page_left = (1u64 << page_shift) - (va & ((1u64 << page_shift) - 1));
+    let n = page_left.min(len);
+    match gpa.checked_add(n) {
+        Some(end) if n > 0 && end <= mem.size() => Ok(Piece { gpa, len: n }),
+        _ => Err(WalkError::OutsideRam),
+    }
+}
+
+/// The IA-32e walk: `va`'s guest-physical address and the log2 of its page size.
+fn walk(
+    mem: &(impl GuestMemory + ?Sized),
+    mode: PagingMode,
+    cr3: u64,
+    va: u64,
+    who: Privilege,
+) -> Result<(u64, u32), WalkError> {
+    const FIVE: [u32; 5] = [48, 39, 30, 21, 12];
+    let shifts: &[u32] = if mode.five_level { &FIVE } else { &FIVE[1..] };
+    let mut table = cr3 & ADDR_MASK;
+    for &shift in shifts {
+        let index = (va >> shift) & 0x1ff;
+        let mut raw = [0u8; 8];
+        if !mem.read(table + index * 8, &mut raw) {
+            return Err(WalkError::OutsideRam);
+        }
+        let entry = u64::from_le_bytes(raw);
+        if entry & pte::PRESENT == 0 {
+            return Err(WalkError::NotPresent);
+        }
+        if who == Privilege::User && entry & pte::USER == 0 {
+            return Err(WalkError::NotUser);
+        }
+        let leaf = shift == 12 || entry & pte::PS != 0;
+        if leaf {
+            // PS is reserved in PML5Es and PML4Es: the CPU faults.
+            if shift > 30 {
+                return Err(WalkError::NotPresent);
+            }
+            let offset_mask = (1u64 << shift) - 1;
+            return Ok((
+                (entry & ADDR_MASK & !offset_mask) | (va & offset_mask),
+                shift,
+            ));
+        }
+        table = entry & ADDR_MASK;
+    }
+    Err(WalkError::NotPresent)
 }
 
 /// Up to [`MAX_INSN`] bytes at `rip`, fewer when the instruction ends the mapped range

@@ -1,8 +1,9 @@
 //! The generic VMM: VMs and vCPUs, exit decoding and handling, the guest console model,
-//! sampling, the per-pCPU sample rings and the exporter. Hardware access goes through
-//! `crate::vmx`; the run loop ([`run`]) exists only on bare metal.
+//! the guest-data channel, sampling, the per-pCPU sample rings and the exporter. Hardware
+//! access goes through `crate::vmx`; the run loop ([`run`]) exists only on bare metal.
 
 pub mod assign;
+pub mod channel;
 pub mod cpuid;
 pub mod devices;
 pub mod exits;

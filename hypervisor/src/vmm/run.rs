@@ -35,6 +35,7 @@ use crate::vmx::root::{VmcsRegion, VmxOnError, VmxRoot};
 use crate::vmx::vmcs::{Control32, Guest32, Vmcs};
 use crate::{console, memory, println, time};
 
+use super::channel::GuestChannel;
 use super::devices::PortBus;
 use super::exits::{ExitEnv, Outcome, VmExit, handle, interrupt_window_open};
 use super::export::Exporter;
@@ -368,6 +369,11 @@ fn build_vm(
     };
     vm.vcpus.push(vcpu);
     vm.ram = GuestRam::Host(ram_frames);
+    vm.channel = GuestChannel::new(spec.channel);
+    println!(
+        "hv: vm {name}: guest-data channel {} (VMCALL 0x04)",
+        spec.channel.name()
+    );
     (vm, vmcs)
 }
 
@@ -727,6 +733,14 @@ impl Runner {
                     // host NMI handler at vector 2 of the IDT this CPU has loaded.
                     unsafe { cpu::reflect_nmi_to_host() };
                 }
+                Outcome::GuestData { .. } => {
+                    // Into the log before the guest runs again: the staging buffer holds
+                    // one call.
+                    if let Some((kind, bytes)) = vm.channel.staged() {
+                        self.exporter.guest_data(vm.id, kind, bytes);
+                    }
+                    vm.channel.clear_staged();
+                }
                 Outcome::Continue => {}
             }
             let vcpu = &mut vm.vcpus[j];
@@ -837,6 +851,7 @@ impl Runner {
                 println!("[{}] {}", vm.name, Lossy(line));
             }
             print_unmodelled_io(vm);
+            println!("hv: vm {} channel: {}", vm.name, vm.channel.stats);
             for (k, vcpu) in vm.vcpus.iter().enumerate() {
                 print_exits(vm.name, k, vcpu);
                 let who = VcpuRef {

@@ -16,6 +16,7 @@ use crate::vmx::vmcs::{
 };
 use crate::vmx::{cr0, cr4, dr7, rflags};
 
+use super::channel::{Channel, GuestChannel};
 use super::devices::PortBus;
 use super::lapic::{Lapic, TimerClock};
 use super::mmio::MmioError;
@@ -380,6 +381,8 @@ pub struct Vm {
     pub cpu: VmCpu,
     pub vcpus: Vec<Vcpu>,
     pub stopped: Option<StopReason>,
+    /// The guest-data hypercall channel (off until the VM's configuration sets it).
+    pub channel: GuestChannel,
 }
 
 impl Vm {
@@ -396,6 +399,7 @@ impl Vm {
             },
             vcpus: Vec::new(),
             stopped: None,
+            channel: GuestChannel::new(Channel::Off),
         }
     }
 }
