@@ -63,6 +63,28 @@ pub fn run(path: &Path) -> Result<String, Fatal> {
     for vm in info.vms.values() {
         let _ = writeln!(out, "vm {}: {} ({} vCPUs)", vm.id, vm.name, vm.vcpus);
     }
+    for (id, ch) in &info.channel {
+        let used = match &ch.bundle {
+            Some(d) => format!(
+                "the last complete one: records {}..={}, {} bytes",
+                d.first_seq,
+                d.first_seq + d.records.saturating_sub(1),
+                d.text.len()
+            ),
+            None => "none complete".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "guest data of vm {id}: {} bundle records, {} bytes, {} bundle(s) delivered, {used}",
+            ch.records, ch.bytes, ch.deliveries
+        );
+        for w in &ch.warnings {
+            let _ = writeln!(out, "guest data of vm {id}: {w}");
+        }
+    }
+    for (kind, n) in &info.channel_other_kinds {
+        let _ = writeln!(out, "guest data: {n} record(s) of unknown kind {kind}");
+    }
     let _ = writeln!(
         out,
         "frames: {} decoded, {} corrupt skipped, {} of unknown kind skipped",

@@ -30,8 +30,9 @@ pub enum Command {
     /// `OS:USER:IDLE:steal` per VM at guest level, then `Samples %Ratio
     /// Function Module` rows, largest first.
     ///
-    /// Guest processes are named from the guest bundles (`proc` lines map each
-    /// CR3 to a PID and name, `map` lines place objects, `ksym` lines or
+    /// Guest processes are named from the guest bundles (--bundle files, else
+    /// what each VM delivered through the hypercall channel into the log; `proc`
+    /// lines map each CR3 to a PID and name, `map` lines place objects, `ksym` lines or
     /// --kernel-map name kernel functions); functions in objects come from the
     /// --elf files, found by file name. Idle is time a vCPU was halted
     /// (`[idle] (halt_exit)`); steal is time it was runnable but not running:
@@ -51,7 +52,9 @@ pub enum Command {
 pub struct ReportArgs {
     /// The sample log (e.g. `target/run/samples.vmlog`).
     pub log: PathBuf,
-    /// A guest bundle (`gk-bundle 1` text, one per VM; matched by its `vm NAME`).
+    /// A guest bundle (`gk-bundle` text, one per VM; matched by its `vm NAME`). A VM
+    /// without one uses the last complete bundle it delivered through the hypercall
+    /// channel (`guest-kit send`: in the log); a --bundle wins over that.
     #[arg(long = "bundle", value_name = "FILE")]
     pub bundles: Vec<PathBuf>,
     /// An ELF with symbols for a guest object (program, library or kernel);

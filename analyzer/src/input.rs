@@ -6,6 +6,7 @@ use std::io::{BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use guest_kit::channel::{Reassembler, VmChannel};
 use vmlog::{Decoder, Item, LogError, LogHeader, Sample, SchedEvent, Stats, VmEntry};
 
 use crate::merge::{MergeOut, MergeStats, Merger, Tagged};
@@ -39,6 +40,11 @@ pub struct LogInfo {
     pub merge: MergeStats,
     /// Problems that did not stop the pass (one line each).
     pub warnings: Vec<String>,
+    /// What the guests delivered through the hypercall channel, per VM id (`GuestData`
+    /// records of kind 1, reassembled: see [`guest_kit::channel`]).
+    pub channel: BTreeMap<u16, VmChannel>,
+    /// `GuestData` records of other kinds, per kind.
+    pub channel_other_kinds: BTreeMap<u16, u64>,
 }
 
 /// Receives the decoded records, merged across pCPUs into host-time order
@@ -85,6 +91,7 @@ pub fn read_log(path: &Path, sink: &mut dyn Sink) -> Result<LogInfo, Fatal> {
     let mut last_progress = Instant::now();
     let mut n = 0u64;
     let mut merge = Merger::default();
+    let mut channel = Reassembler::new();
     while let Some(item) = dec.next() {
         n += 1;
         if progress && n.is_multiple_of(256) && last_progress.elapsed() > Duration::from_millis(250)
@@ -124,6 +131,12 @@ pub fn read_log(path: &Path, sink: &mut dyn Sink) -> Result<LogInfo, Fatal> {
                 merge.push_sched(pcpu, event, &mut out);
             }
             Ok(Item::End(e)) => info.end = Some(e),
+            Ok(Item::GuestData {
+                vm,
+                kind,
+                seq,
+                data,
+            }) => channel.push(vm, kind, seq, &data),
             Ok(_) => {}
             Err(e @ LogError::NewerVersion { .. }) => return Err(Fatal(format!("{shown}: {e}"))),
             Err(LogError::Io(e)) => {
@@ -134,6 +147,8 @@ pub fn read_log(path: &Path, sink: &mut dyn Sink) -> Result<LogInfo, Fatal> {
             }
         }
     }
+    info.channel_other_kinds = channel.other_kinds.clone();
+    info.channel = channel.finish();
     info.merge = merge.finish(&mut ToSink {
         info: &info,
         sink: &mut *sink,
@@ -146,6 +161,45 @@ pub fn read_log(path: &Path, sink: &mut dyn Sink) -> Result<LogInfo, Fatal> {
         return Err(Fatal(format!("{shown}: the log is empty (0 bytes)")));
     }
     Ok(info)
+}
+
+/// What a log's hypercall channel holds, read ahead of the samples (the guests deliver
+/// their bundles at the end of a run, but the samples need them from the start).
+#[derive(Debug, Default)]
+pub struct ChannelScan {
+    /// VM table.
+    pub vms: BTreeMap<u16, VmEntry>,
+    /// Kind-1 data per VM id, reassembled.
+    pub channel: BTreeMap<u16, VmChannel>,
+}
+
+/// Reads only the VM table and the `GuestData` records of `path`.
+pub fn read_channel(path: &Path) -> Result<ChannelScan, Fatal> {
+    let shown = path.display();
+    let file = File::open(path).map_err(|e| Fatal(format!("{shown}: cannot open the log: {e}")))?;
+    let mut dec = Decoder::new(BufReader::with_capacity(1 << 16, file));
+    let mut scan = ChannelScan::default();
+    let mut channel = Reassembler::new();
+    while let Some(item) = dec.next() {
+        match item {
+            Ok(Item::Vm(v)) => {
+                scan.vms.insert(v.id, v);
+            }
+            Ok(Item::Samples { samples, .. }) => dec.recycle(samples),
+            Ok(Item::GuestData {
+                vm,
+                kind,
+                seq,
+                data,
+            }) => channel.push(vm, kind, seq, &data),
+            Ok(_) => {}
+            Err(e @ LogError::NewerVersion { .. }) => return Err(Fatal(format!("{shown}: {e}"))),
+            // The main pass reports it.
+            Err(LogError::Io(_)) => break,
+        }
+    }
+    scan.channel = channel.finish();
+    Ok(scan)
 }
 
 /// One-line notes on what was skipped or missing in the log.

@@ -191,6 +191,11 @@ struct Collect<'a> {
     opts: &'a Options,
     bundles_by_name: &'a BTreeMap<String, usize>,
     bundles: &'a [Bundle],
+    /// How many of `bundles` came from `--bundle` (the rest from the hypercall channel).
+    explicit: usize,
+    /// VM id -> index into `bundles` of the bundle that VM delivered through the
+    /// hypercall channel, for the VMs without a `--bundle`.
+    channel: &'a BTreeMap<u16, usize>,
     agg: Option<Aggregator>,
     warnings: Vec<String>,
     vm_bundle: BTreeMap<u16, usize>,
@@ -229,12 +234,15 @@ impl Collect<'_> {
                 self.vm_bundle.insert(*id, b);
             }
         }
-        if info.vms.is_empty() && self.bundles.len() == 1 {
+        if info.vms.is_empty() && self.explicit == 1 {
             self.warnings.push(format!(
                 "the log's VM table is missing: bundle for `{}` assumed to be VM 0",
                 self.bundles[0].vm
             ));
             self.vm_bundle.insert(0, 0);
+        }
+        for (id, b) in self.channel {
+            self.vm_bundle.entry(*id).or_insert(*b);
         }
         let procs: FxHashMap<u16, ProcIndex> = self
             .vm_bundle
@@ -577,18 +585,68 @@ fn guest_section(
     }
 }
 
+/// The bundles the guests delivered through the hypercall channel (read ahead of the
+/// samples, see [`input::read_channel`]): each VM's last complete bundle is appended to
+/// `bundles` when no `--bundle` names that VM (an explicit `--bundle` wins; a note says so
+/// when the two differ). Returns VM id -> index into `bundles`; problems of the channel
+/// data (lost records, a delivery cut off) become warnings.
+fn channel_bundles(
+    opts: &Options,
+    by_name: &BTreeMap<String, usize>,
+    paths: &[&PathBuf],
+    bundles: &mut Vec<Bundle>,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<u16, usize>, Fatal> {
+    let scan = input::read_channel(&opts.log)?;
+    let mut used = BTreeMap::new();
+    for (id, ch) in scan.channel {
+        let name = scan
+            .vms
+            .get(&id)
+            .map_or_else(|| format!("vm{id}"), |v| v.name.clone());
+        for w in &ch.warnings {
+            warnings.push(format!("hypercall channel of VM `{name}`: {w}"));
+        }
+        let Some(d) = ch.bundle else {
+            continue;
+        };
+        if let Some(&i) = by_name.get(&name) {
+            if bundles[i] != d.bundle {
+                warnings.push(format!(
+                    "--bundle {} differs from the bundle VM `{name}` delivered through the hypercall channel: the --bundle is used",
+                    paths[i].display()
+                ));
+            }
+            continue;
+        }
+        if d.bundle.vm != name && scan.vms.contains_key(&id) {
+            warnings.push(format!(
+                "hypercall channel of VM `{name}`: its bundle says `vm {}`; used for VM `{name}`, which delivered it",
+                d.bundle.vm
+            ));
+        }
+        used.insert(id, bundles.len());
+        bundles.push(d.bundle);
+    }
+    Ok(used)
+}
+
 /// Builds the report. Fails only when nothing usable remains.
 pub fn build(opts: &Options) -> Result<Report, Fatal> {
     let mut warnings = Vec::new();
     // Side files first: their problems are warnings.
     let mut bundles = Vec::new();
+    let mut bundle_paths = Vec::new();
     for path in &opts.bundles {
         match input::read_side_file("--bundle", path) {
             Err(w) => warnings.push(w),
             Ok(bytes) => match std::str::from_utf8(&bytes) {
                 Err(_) => warnings.push(format!("--bundle {}: not UTF-8 text", path.display())),
                 Ok(text) => match Bundle::parse(text) {
-                    Ok(b) => bundles.push(b),
+                    Ok(b) => {
+                        bundles.push(b);
+                        bundle_paths.push(path);
+                    }
                     Err(e) => warnings.push(format!("--bundle {}: {e}", path.display())),
                 },
             },
@@ -599,6 +657,14 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
         .enumerate()
         .map(|(i, b)| (b.vm.clone(), i))
         .collect();
+    let explicit = bundles.len();
+    let channel = channel_bundles(
+        opts,
+        &bundles_by_name,
+        &bundle_paths,
+        &mut bundles,
+        &mut warnings,
+    )?;
     let mut elfs = Elfs {
         images: Vec::new(),
         by_name: FxHashMap::default(),
@@ -659,6 +725,8 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
         opts,
         bundles_by_name: &bundles_by_name,
         bundles: &bundles,
+        explicit,
+        channel: &channel,
         agg: None,
         warnings: Vec::new(),
         vm_bundle: BTreeMap::new(),
@@ -680,7 +748,7 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
             agg.seen
         )));
     }
-    for b in &bundles {
+    for b in &bundles[..explicit] {
         if !info.vms.values().any(|v| v.name == b.vm)
             && !collect.vm_bundle.values().any(|&i| bundles[i].vm == b.vm)
         {

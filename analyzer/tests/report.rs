@@ -6,8 +6,8 @@ use std::process::Command;
 use analyzer::report::{self, Level, Options};
 use analyzer::synth::{elf, guest, host};
 use vmlog::{
-    ExitReason, FORMAT_MAJOR, FORMAT_MINOR, Header, LogWriter, Sample, SamplingSource, VcpuState,
-    VmInfo,
+    ExitReason, FORMAT_MAJOR, FORMAT_MINOR, GuestData, Header, LogWriter, Record, Sample,
+    SamplingSource, VcpuState, VmInfo,
 };
 
 const HZ: u64 = 1_000_000;
@@ -81,7 +81,41 @@ fn scenario_a(d: &std::path::Path) -> Options {
     scenario_a_n(d, 100)
 }
 
+/// The bundle of scenario A's VM `web`.
+const BUNDLE_A: &str = "gk-bundle 1\nvm web\nproc 100 prog cr3=0x1234000\n\
+    map 100 555500000000 555500003000 0 /usr/bin/prog\n\
+    kmap ffffffff81000000 ffffffff82000000 vmlinux\n\
+    ksym ffffffff81000000 T do_syscall\nksym ffffffff81000100 T schedule\n";
+
 fn scenario_a_n(d: &std::path::Path, n: u64) -> Options {
+    let s = samples_a(n);
+    let log = put(d, "a.vmlog", &log(&[vm(0, "web", 1)], &[s]));
+    let mut o = opts(log);
+    o.bundles.push(put(d, "web.bundle", BUNDLE_A.as_bytes()));
+    symbols_a(d, o)
+}
+
+/// Scenario A's ELF files (the program and the hypervisor).
+fn symbols_a(d: &std::path::Path, mut o: Options) -> Options {
+    o.elfs.push(put(
+        d,
+        "prog",
+        &elf(0, true, &[("alpha", 0, 0x100), ("beta", 0x100, 0x100)]),
+    ));
+    o.hv_elf = Some(put(
+        d,
+        "hypervisor.elf",
+        &elf(
+            HV_BASE,
+            false,
+            &[("hv_idle", 0, 0x80), ("handle_wrmsr", 0x80, 0x80)],
+        ),
+    ));
+    o
+}
+
+/// Scenario A's samples.
+fn samples_a(n: u64) -> Vec<Sample> {
     let mut s = Vec::new();
     for i in 0..n {
         let t = slot(i + 1);
@@ -102,28 +136,7 @@ fn scenario_a_n(d: &std::path::Path, n: u64) -> Options {
             ),
         });
     }
-    let log = put(d, "a.vmlog", &log(&[vm(0, "web", 1)], &[s]));
-    let bundle = "gk-bundle 1\nvm web\nproc 100 prog cr3=0x1234000\n\
-        map 100 555500000000 555500003000 0 /usr/bin/prog\n\
-        kmap ffffffff81000000 ffffffff82000000 vmlinux\n\
-        ksym ffffffff81000000 T do_syscall\nksym ffffffff81000100 T schedule\n";
-    let mut o = opts(log);
-    o.bundles.push(put(d, "web.bundle", bundle.as_bytes()));
-    o.elfs.push(put(
-        d,
-        "prog",
-        &elf(0, true, &[("alpha", 0, 0x100), ("beta", 0x100, 0x100)]),
-    ));
-    o.hv_elf = Some(put(
-        d,
-        "hypervisor.elf",
-        &elf(
-            HV_BASE,
-            false,
-            &[("hv_idle", 0, 0x80), ("handle_wrmsr", 0x80, 0x80)],
-        ),
-    ));
-    o
+    s
 }
 
 #[test]
@@ -568,7 +581,7 @@ fn check_summarises_a_clean_log() {
         out,
         format!(
             "log: {} ({size} bytes)\n\
-             format: 1.0, hypervisor build `golden`, TSC 1000000 Hz, LAPIC timer, period 1000 ticks (1000.0 Hz), 1 pCPUs\n\
+             format: {FORMAT_MAJOR}.{FORMAT_MINOR}, hypervisor build `golden`, TSC 1000000 Hz, LAPIC timer, period 1000 ticks (1000.0 Hz), 1 pCPUs\n\
              vm 0: web (1 vCPUs)\n\
              frames: 4 decoded, 0 corrupt skipped, 0 of unknown kind skipped\n\
              pCPU 0: 100 samples (20 host, 80 guest), 1 frames, 0 sequence gaps (0 frames missing), 0 dropped\n\
@@ -1045,4 +1058,166 @@ fn a_pcpu_lagging_beyond_the_look_ahead_is_merged_and_counted() {
         out.contains("\ntime order: 2 pCPU streams merged by TSC (look-ahead 16384 samples per pCPU, at most 16575 held), 1019 samples out of order\n"),
         "{out}"
     );
+}
+
+/// Scenario A's bundle padded with comment lines to `len` bytes or more, so that it
+/// takes several 1024-byte records (the comments parse to the same bundle).
+fn padded_bundle_a(len: usize) -> String {
+    let mut text = BUNDLE_A.to_string();
+    let mut i = 0;
+    while text.len() < len {
+        text.push_str(&format!(
+            "# padding line {i} of the bundle delivered through the hypercall channel\n"
+        ));
+        i += 1;
+    }
+    text
+}
+
+/// Scenario A's log with VM `web`'s bundle as `GuestData` records: `deliver` writes them
+/// (the writer is past the first half of the samples).
+fn channel_log(d: &std::path::Path, name: &str, deliver: impl FnOnce(&mut LogWriter)) -> PathBuf {
+    let s = samples_a(100);
+    let mut w = writer(&[vm(0, "web", 1)], std::slice::from_ref(&s));
+    // As in a run: samples first, the bundle at the end of the measurement, in between.
+    w.samples(0, PERIOD, &s[..60]).unwrap();
+    deliver(&mut w);
+    w.samples(0, PERIOD, &s[60..]).unwrap();
+    let end = s.iter().map(|x| x.tsc).max().unwrap();
+    w.end(end, 0).unwrap();
+    put(d, name, &w.into_bytes())
+}
+
+#[test]
+fn a_bundle_delivered_through_the_channel_is_used_as_if_given_with_bundle() {
+    let d = dir("channel");
+    let text = padded_bundle_a(2600);
+    // Two calls (the second goes on with the numbering), the first split into records.
+    let log = channel_log(&d, "channel.vmlog", |w| {
+        w.guest_data(0, vmlog::GUEST_DATA_BUNDLE, &text.as_bytes()[..1500])
+            .unwrap();
+        w.guest_data(0, vmlog::GUEST_DATA_BUNDLE, &text.as_bytes()[1500..])
+            .unwrap();
+    });
+    let records = vmlog::Decoder::from_slice(&std::fs::read(&log).unwrap())
+        .filter(|i| matches!(i, Ok(vmlog::Item::GuestData { .. })))
+        .count();
+    assert_eq!(records, 4, "1024 + 476, then 1024 + the rest");
+    // No --bundle: the channel's.
+    let from_log = report::build(&symbols_a(&d, opts(log.clone()))).unwrap();
+    assert_eq!(from_log.warnings, Vec::<String>::new());
+    // The same bundle as a file: the same report.
+    let mut with_file = symbols_a(&d, opts(log.clone()));
+    with_file
+        .bundles
+        .push(put(&d, "web.bundle", text.as_bytes()));
+    let from_file = report::build(&with_file).unwrap();
+    assert_eq!(from_log, from_file);
+    // And the tables are scenario A's (whose log has no channel data).
+    let plain = report::build(&scenario_a(&dir("channel-plain"))).unwrap();
+    assert_eq!(from_log.guests, plain.guests);
+    assert_eq!(from_log.host, plain.host);
+    assert!(report::to_text(&from_log).contains("alpha                 prog(100)"));
+    // `analyzer check` shows what the channel held.
+    let (code, out, _) = analyzer(&["check", log.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!(
+            "guest data of vm 0: 4 bundle records, {} bytes, 1 bundle(s) delivered, the last complete one: records 0..=3, {} bytes\n",
+            text.len(),
+            text.len()
+        )),
+        "{out}"
+    );
+    // The command line: no --bundle needed.
+    let o = symbols_a(&d, opts(log));
+    let (code, out, err) = analyzer(&[
+        "report",
+        o.log.to_str().unwrap(),
+        "--elf",
+        o.elfs[0].to_str().unwrap(),
+        "--level",
+        "guest",
+    ]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("      50   50.00  alpha                 prog(100)\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_gap_in_the_channel_data_is_reported_and_the_bundle_not_used() {
+    let d = dir("channel-gap");
+    let text = padded_bundle_a(3000);
+    let log = channel_log(&d, "gap.vmlog", |w| {
+        for (seq, chunk) in text.as_bytes().chunks(1024).enumerate() {
+            // Record 1 was lost.
+            if seq == 1 {
+                continue;
+            }
+            let r = Record::GuestData(GuestData {
+                vm: 0,
+                kind: vmlog::GUEST_DATA_BUNDLE,
+                seq: seq as u32,
+                data: chunk,
+            });
+            w.record(vmlog::GLOBAL_STREAM, &r).unwrap();
+        }
+    });
+    let r = report::build(&symbols_a(&d, opts(log.clone()))).unwrap();
+    assert_eq!(
+        r.warnings,
+        [
+            "hypercall channel of VM `web`: bundle records seq 1..=1 are missing (lost frames): the bundle they belong to is not used",
+            &format!(
+                "hypercall channel of VM `web`: bundle 1 of 1 (records 0..=2, {} bytes) is not used: records of it are missing",
+                text.len() - 1024
+            ),
+        ]
+    );
+    // No bundle: the process is unknown, its functions too.
+    let g = &r.guests[0];
+    assert!(
+        g.rows
+            .iter()
+            .any(|row| row.module == "[unknown process cr3=0x1234000]"),
+        "{}",
+        report::to_text(&r)
+    );
+    assert!(!g.rows.iter().any(|row| row.function == "alpha"));
+    // With --bundle the file is used, and the channel's problem is still said.
+    let mut o = symbols_a(&d, opts(log));
+    o.bundles.push(put(&d, "web.bundle", BUNDLE_A.as_bytes()));
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+    assert_eq!(r.guests[0].rows[0].function, "alpha");
+}
+
+#[test]
+fn an_explicit_bundle_wins_over_the_channel_with_a_note_when_they_differ() {
+    let d = dir("channel-differ");
+    // The guest delivered an older bundle first, then a newer one: the last is used.
+    let old = BUNDLE_A.replace("proc 100 prog", "proc 99 prog");
+    let log = channel_log(&d, "differ.vmlog", |w| {
+        w.guest_data(0, vmlog::GUEST_DATA_BUNDLE, old.as_bytes())
+            .unwrap();
+        w.guest_data(0, vmlog::GUEST_DATA_BUNDLE, BUNDLE_A.as_bytes())
+            .unwrap();
+    });
+    let r = report::build(&symbols_a(&d, opts(log.clone()))).unwrap();
+    assert_eq!(r.warnings, Vec::<String>::new());
+    assert_eq!(r.guests[0].rows[0].module, "prog(100)");
+    let mut o = symbols_a(&d, opts(log));
+    let file = put(&d, "web.bundle", old.as_bytes());
+    o.bundles.push(file.clone());
+    let r = report::build(&o).unwrap();
+    assert_eq!(
+        r.warnings,
+        [format!(
+            "--bundle {} differs from the bundle VM `web` delivered through the hypercall channel: the --bundle is used",
+            file.display()
+        )]
+    );
+    assert_eq!(r.guests[0].rows[0].module, "prog(99)");
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod bundle;
+pub mod channel;
 #[cfg(feature = "collect")]
 pub mod collect;
 pub mod kernel;

@@ -176,6 +176,12 @@ fn console_prefixes_every_line_and_watch_checks_its_arguments() {
     let out = guest_kit(&["console", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "@gk gk-bundle 1\n@gk vm v\n");
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("guest-kit: sent 25 bytes in 2 lines through the console in ")
+            && (err.ends_with(" ms (host TSC)\n") || err.ends_with(" ms (wall clock)\n")),
+        "{err}"
+    );
     let out = guest_kit(&["watch", "--vm", "v"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
@@ -204,4 +210,34 @@ fn console_prefixes_every_line_and_watch_checks_its_arguments() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn send_checks_the_bundle_and_the_hypervisor_before_any_hypercall() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b");
+    fs::write(&file, "gk-bundle 1\nvm v").unwrap();
+    // This is no guest of the profiling hypervisor: refused before any VMCALL (which
+    // would be SIGILL here), with one line.
+    let out = guest_kit(&["send", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(
+            "guest-kit: error: not under the profiling hypervisor (CPUID 0x40000000 says `"
+        ) && err.lines().count() == 1,
+        "{err}"
+    );
+    fs::write(&file, "not a bundle\n").unwrap();
+    let out = guest_kit(&["send", "--kind", "bundle", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is not a guest bundle: line 1:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = guest_kit(&["send", "--kind", "x", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = guest_kit(&["send"]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -2,7 +2,9 @@
 //! workload and powers itself off through ACPI S5, and the unified profile names the
 //! workload's hot functions at their instruction shares and the kernel's functions; the
 //! bzImage boots through the 64-bit boot protocol; a Linux guest that triple-faults stops
-//! alone while another VM runs to its end.
+//! alone while another VM runs to its end. The guest's bundle reaches the host through the
+//! hypercall channel (`guest-kit send`, into the sample log) byte for byte as through the
+//! console.
 //!
 //! Images: `cargo xtask image --scenario linux|linux-bzimage|linux-triplefault` (which
 //! `cargo xtask test` builds); kernel files from `cargo xtask kernel`.
@@ -60,6 +62,48 @@ fn artefacts(run: &RunResult, vm: &str) -> (PathBuf, PathBuf) {
     std::fs::write(&log, &run.log).expect("write samples.vmlog");
     std::fs::write(&bundle, bundle_text).expect("write the bundle");
     (log, bundle)
+}
+
+/// The bundle VM `vm` delivered through the hypercall channel: the data of its
+/// `GuestData` records of kind 1 in `seq` order, which must run 0, 1, 2... without a gap.
+fn channel_bundle(run: &RunResult, vm: &str) -> String {
+    let mut id = None;
+    let mut records = Vec::new();
+    let mut errors = 0;
+    for item in vmlog::Decoder::from_slice(&run.log) {
+        match item {
+            Ok(vmlog::Item::Vm(v)) if v.name == vm => id = Some(v.id),
+            Ok(vmlog::Item::GuestData {
+                vm,
+                kind: vmlog::GUEST_DATA_BUNDLE,
+                seq,
+                data,
+            }) => records.push((vm, seq, data)),
+            Ok(_) => {}
+            Err(_) => errors += 1,
+        }
+    }
+    assert_eq!(errors, 0, "log decoding errors\n{}", run.describe());
+    let id = id.unwrap_or_else(|| panic!("no VM `{vm}` in the log\n{}", run.describe()));
+    let mut mine: Vec<(u32, Vec<u8>)> = records
+        .into_iter()
+        .filter(|(v, _, _)| *v == id)
+        .map(|(_, seq, data)| (seq, data))
+        .collect();
+    mine.sort_by_key(|(seq, _)| *seq);
+    let seqs: Vec<u32> = mine.iter().map(|(seq, _)| *seq).collect();
+    assert!(
+        !seqs.is_empty(),
+        "no GuestData records of VM `{vm}` in the log\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u32).collect::<Vec<_>>(),
+        "GuestData records of VM `{vm}` missing"
+    );
+    let bytes: Vec<u8> = mine.into_iter().flat_map(|(_, data)| data).collect();
+    String::from_utf8(bytes).expect("the channel bundle is UTF-8")
 }
 
 fn hypervisor_elf(iso: &Path) -> PathBuf {
@@ -125,6 +169,37 @@ fn bochs_linux_pvh_runs_the_workload_and_profiles_it() {
     assert!(
         !bundle_text.contains("cr3=?"),
         "a process without its CR3 in the bundle:\n{bundle_text}"
+    );
+    // The bundle also went through the hypercall channel (`guest-kit send`), without an
+    // error, and the log holds it byte for byte as the console does.
+    let lines = run.lines();
+    let sent: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("[linux] guest-kit: sent "))
+        .collect();
+    for l in &sent {
+        eprintln!("{l}");
+    }
+    assert!(
+        sent.iter()
+            .any(|l| l.contains(" through the hypercall channel in ")),
+        "no `guest-kit: sent ... through the hypercall channel` line\n{}",
+        run.describe()
+    );
+    let errors: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("guest-kit: error") || l.contains("guest-kit send failed"))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "guest-kit errors: {errors:?}\n{}",
+        run.describe()
+    );
+    let from_log = channel_bundle(&run, "linux");
+    assert_eq!(
+        from_log.trim_end_matches('\n'),
+        bundle_text.trim_end_matches('\n'),
+        "the bundle in the log differs from the console's"
     );
     let iso = scenario_iso("linux");
     let r = analyse(&log, &bundle, &iso);

@@ -75,22 +75,124 @@ fn file_size(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.len())
 }
 
-/// Writes the run's console, sample log and bundles to `out` and returns the bundle paths.
-fn collect(run: &RunResult, out: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// How a run's bundle reached the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleSource {
+    /// `GuestData` records in the sample log (`guest-kit send`).
+    Channel,
+    /// `[NAME] @gk ...` lines on the console (`guest-kit console`).
+    Console,
+}
+
+impl BundleSource {
+    /// As the run's summary line and `manifest.txt` say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BundleSource::Channel => "hypercall channel",
+            BundleSource::Console => "console",
+        }
+    }
+}
+
+/// One bundle `collect` wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunBundle {
+    /// VM name.
+    pub vm: String,
+    /// `build/run/NAME.bundle`.
+    pub path: PathBuf,
+    /// Where its text came from.
+    pub source: BundleSource,
+}
+
+/// The bundle text each VM delivered through the hypercall channel (the last complete
+/// one, see `guest_kit::channel`), by VM name from the log's VM table, and one line per
+/// problem (lost records, a delivery cut off).
+pub fn channel_bundles(log: &[u8]) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+    let mut names = std::collections::BTreeMap::new();
+    let mut channel = guest_kit::channel::Reassembler::new();
+    for item in vmlog::Decoder::from_slice(log) {
+        match item {
+            Ok(vmlog::Item::Vm(v)) => {
+                names.insert(v.id, v.name);
+            }
+            Ok(vmlog::Item::GuestData {
+                vm,
+                kind,
+                seq,
+                data,
+            }) => channel.push(vm, kind, seq, &data),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let mut bundles = std::collections::BTreeMap::new();
+    let mut warnings = Vec::new();
+    for (id, ch) in channel.finish() {
+        let Some(name) = names.get(&id) else {
+            warnings.push(format!(
+                "VM {id} delivered data through the hypercall channel but is not in the log's VM table: ignored"
+            ));
+            continue;
+        };
+        for w in &ch.warnings {
+            warnings.push(format!("hypercall channel of VM {name}: {w}"));
+        }
+        if let Some(d) = ch.bundle {
+            bundles.insert(name.clone(), d.text);
+        }
+    }
+    (bundles, warnings)
+}
+
+/// Writes the run's console, sample log and bundles to `out` and returns the bundles:
+/// each VM's from the hypercall channel (in the log) when it delivered one, else from its
+/// `@gk` console lines.
+fn collect(run: &RunResult, out: &Path) -> Result<Vec<RunBundle>> {
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("cannot clear {}", out.display()))?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::write(out.join("console.txt"), console::clean(&run.console))?;
     std::fs::write(out.join("samples.vmlog"), &run.log)?;
+    let (mut from_channel, warnings) = channel_bundles(&run.log);
+    for w in warnings {
+        println!("run: warning: {w}");
+    }
+    from_channel.retain(|vm, _| console::safe_name(vm));
+    let from_console = console::extract_bundles(&run.console);
+    let mut names: Vec<&String> = from_channel.keys().chain(from_console.keys()).collect();
+    names.sort();
+    names.dedup();
     let mut bundles = Vec::new();
-    for (vm, text) in console::extract_bundles(&run.console) {
+    for vm in names {
+        let (text, source) = match (from_channel.get(vm), from_console.get(vm)) {
+            (Some(channel), console) => {
+                if let Some(console) = console
+                    && guest_kit::Bundle::parse(console).ok()
+                        != guest_kit::Bundle::parse(channel).ok()
+                {
+                    println!(
+                        "run: note: the console copy of VM {vm}'s bundle differs from the one it delivered through the hypercall channel; the channel's is used"
+                    );
+                }
+                (channel, BundleSource::Channel)
+            }
+            (None, Some(console)) => {
+                if let Err(e) = guest_kit::Bundle::parse(console) {
+                    println!("run: warning: the bundle of VM {vm} does not parse: {e}");
+                }
+                (console, BundleSource::Console)
+            }
+            (None, None) => continue,
+        };
         let path = out.join(format!("{vm}.bundle"));
-        if let Err(e) = guest_kit::Bundle::parse(&text) {
-            println!("run: warning: the bundle of VM {vm} does not parse: {e}");
-        }
         std::fs::write(&path, text)?;
-        bundles.push((vm, path));
+        bundles.push(RunBundle {
+            vm: vm.clone(),
+            path,
+            source,
+        });
     }
     Ok(bundles)
 }
@@ -136,7 +238,7 @@ pub fn run(
         } else {
             bundles
                 .iter()
-                .map(|(v, _)| v.as_str())
+                .map(|b| format!("{} (through the {})", b.vm, b.source.name()))
                 .collect::<Vec<_>>()
                 .join(", ")
         }
@@ -177,8 +279,8 @@ pub fn run(
             "report",
         ])
         .arg(out.join("samples.vmlog"));
-    for (_, b) in &bundles {
-        analyzer.arg("--bundle").arg(b);
+    for b in &bundles {
+        analyzer.arg("--bundle").arg(&b.path);
     }
     for (_, elf) in &img.guest_elves {
         analyzer.arg("--elf").arg(elf);
@@ -215,12 +317,7 @@ pub fn run(
 }
 
 /// `build/run/manifest.txt`: what a run used and produced, as `key=value` lines.
-fn manifest_text(
-    scenario: &Scenario,
-    img: &Image,
-    out: &Path,
-    bundles: &[(String, PathBuf)],
-) -> String {
+fn manifest_text(scenario: &Scenario, img: &Image, out: &Path, bundles: &[RunBundle]) -> String {
     let mut m = String::new();
     let mut line = |k: &str, v: &dyn std::fmt::Display| writeln!(m, "{k}={v}").unwrap();
     line("scenario", &scenario.name);
@@ -229,8 +326,13 @@ fn manifest_text(
     line("hypervisor_elf", &img.hypervisor_elf.display());
     line("console", &out.join("console.txt").display());
     line("log", &out.join("samples.vmlog").display());
-    for (vm, b) in bundles {
-        line(&format!("bundle.{vm}"), &b.display());
+    for b in bundles {
+        line(&format!("bundle.{}", b.vm), &b.path.display());
+        let source = match b.source {
+            BundleSource::Channel => "channel",
+            BundleSource::Console => "console",
+        };
+        line(&format!("bundle_source.{}", b.vm), &source);
     }
     for (vm, elf) in &img.guest_elves {
         line(&format!("elf.{vm}"), &elf.display());
@@ -443,6 +545,66 @@ mod tests {
     use crate::kernel::KernelFiles;
 
     #[test]
+    fn channel_bundles_are_named_by_the_vm_table_and_gaps_reported() {
+        let mut w = vmlog::LogWriter::new();
+        let header = vmlog::Header {
+            format_major: vmlog::FORMAT_MAJOR,
+            format_minor: vmlog::FORMAT_MINOR,
+            hv_build_id: "t",
+            tsc_hz: 1_000_000,
+            source: vmlog::SamplingSource::LapicTimer,
+            period_tsc: 1000,
+            pcpus: 1,
+            vm_count: 2,
+            start_tsc: 0,
+        };
+        let vms = [
+            vmlog::VmInfo {
+                id: 0,
+                name: "linux",
+                vcpus: 1,
+            },
+            vmlog::VmInfo {
+                id: 1,
+                name: "other",
+                vcpus: 1,
+            },
+        ];
+        w.header(&header, &vms).unwrap();
+        let mut bundle = String::from("gk-bundle 1\nvm linux\n");
+        while bundle.len() < 3000 {
+            bundle.push_str("proc 7 sh cr3=0x8000\n");
+        }
+        w.guest_data(0, vmlog::GUEST_DATA_BUNDLE, bundle.as_bytes())
+            .unwrap();
+        // VM 1 lost its record 1 of 2; VM 9 is in no table.
+        for seq in [0u32, 2] {
+            let r = vmlog::Record::GuestData(vmlog::GuestData {
+                vm: 1,
+                kind: vmlog::GUEST_DATA_BUNDLE,
+                seq,
+                data: b"gk-bundle 1\nvm other\n",
+            });
+            w.record(vmlog::GLOBAL_STREAM, &r).unwrap();
+        }
+        w.guest_data(9, vmlog::GUEST_DATA_BUNDLE, b"gk-bundle 1\nvm x\n")
+            .unwrap();
+        let (bundles, warnings) = channel_bundles(&w.into_bytes());
+        assert_eq!(bundles.len(), 2, "{bundles:?}");
+        assert_eq!(bundles["linux"], bundle);
+        // The second delivery of `other` is whole, the first lost its end.
+        assert_eq!(bundles["other"], "gk-bundle 1\nvm other\n");
+        assert_eq!(
+            warnings,
+            [
+                "hypercall channel of VM other: bundle records seq 1..=1 are missing (lost frames): the bundle they belong to is not used",
+                "VM 9 delivered data through the hypercall channel but is not in the log's VM table: ignored",
+            ]
+        );
+        assert_eq!(channel_bundles(b"no log").0.len(), 0);
+    }
+
+    #[test]
     fn manifest_names_scenario_kernel_and_files() {
         let scenario = Scenario {
             name: "linux".into(),
@@ -477,13 +639,27 @@ mod tests {
             &scenario,
             &img,
             Path::new("/r"),
-            &[("linux".into(), "/r/linux.bundle".into())],
+            &[
+                RunBundle {
+                    vm: "linux".into(),
+                    path: "/r/linux.bundle".into(),
+                    source: BundleSource::Channel,
+                },
+                RunBundle {
+                    vm: "truth".into(),
+                    path: "/r/truth.bundle".into(),
+                    source: BundleSource::Console,
+                },
+            ],
         );
         for line in [
             "scenario=linux\n",
             "log=/r/samples.vmlog\n",
             "console=/r/console.txt\n",
             "bundle.linux=/r/linux.bundle\n",
+            "bundle_source.linux=channel\n",
+            "bundle.truth=/r/truth.bundle\n",
+            "bundle_source.truth=console\n",
             "elf.workload=/i/w.elves/workload\n",
             "kernel_release=6.1.0-57-amd64\n",
             "kernel_package=6.1.192-3\n",

@@ -34,7 +34,7 @@ pub fn lines(raw: &str) -> Vec<String> {
 }
 
 /// Whether `name` may name a bundle file (no path separators, no leading dot).
-fn safe_name(name: &str) -> bool {
+pub fn safe_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && name

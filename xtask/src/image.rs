@@ -83,8 +83,32 @@ pub enum Guest {
     },
 }
 
-/// One VM of a scenario: `vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=M]` on the
-/// hypervisor command line (`initrd=` for Linux guests).
+/// Who in a VM may use the hypercall channel (`GUEST_DATA`): `:channel=off|kernel|user`
+/// on its `vm=` entry (the hypervisor's default is `kernel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// Nobody.
+    Off,
+    /// The guest kernel only.
+    Kernel,
+    /// User processes too (`guest-kit send` in a Linux guest's /init).
+    User,
+}
+
+impl Channel {
+    /// The option's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Off => "off",
+            Channel::Kernel => "kernel",
+            Channel::User => "user",
+        }
+    }
+}
+
+/// One VM of a scenario:
+/// `vm=NAME:MODULE[:initrd=MODULE][:vcpus=N][:mem_mb=M][:channel=WHO]` on the hypervisor
+/// command line (`initrd=` for Linux guests).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
     /// VM name; its console lines come back as `[NAME] ...`.
@@ -98,6 +122,8 @@ pub struct VmSpec {
     pub vcpus: Option<u32>,
     /// Guest memory in MiB (hypervisor default when `None`).
     pub mem_mb: Option<u32>,
+    /// Who may use the hypercall channel (hypervisor default when `None`).
+    pub channel: Option<Channel>,
 }
 
 impl VmSpec {
@@ -109,10 +135,12 @@ impl VmSpec {
             guest: Guest::TruthGuest,
             vcpus: None,
             mem_mb: None,
+            channel: None,
         }
     }
 
-    /// A Linux VM with [`LINUX_MEM_MB`] of RAM.
+    /// A Linux VM with [`LINUX_MEM_MB`] of RAM whose user processes may use the
+    /// hypercall channel (`:channel=user`: `guest-kit send` delivers the bundle from /init).
     pub fn linux(name: &str, kernel: LinuxKernel, initrd: PathBuf, cmdline: &str) -> Self {
         VmSpec {
             name: name.into(),
@@ -124,6 +152,7 @@ impl VmSpec {
             },
             vcpus: None,
             mem_mb: Some(LINUX_MEM_MB),
+            channel: Some(Channel::User),
         }
     }
 
@@ -279,6 +308,9 @@ impl Scenario {
             }
             if let Some(m) = vm.mem_mb {
                 write!(s, ":mem_mb={m}").unwrap();
+            }
+            if let Some(c) = vm.channel {
+                write!(s, ":channel={}", c.name()).unwrap();
             }
         }
         for extra in &self.extra_args {
@@ -680,6 +712,7 @@ mod tests {
                     guest: Guest::TruthGuest,
                     vcpus: Some(2),
                     mem_mb: None,
+                    channel: None,
                 },
                 VmSpec {
                     name: "b".into(),
@@ -687,6 +720,7 @@ mod tests {
                     guest: Guest::Elf("/x/other.elf".into()),
                     vcpus: None,
                     mem_mb: Some(128),
+                    channel: Some(Channel::Off),
                 },
             ],
             extra_args: vec!["debug=1".into()],
@@ -697,7 +731,7 @@ mod tests {
     fn cmdline_lists_every_vm_and_option() {
         assert_eq!(
             scenario().cmdline(),
-            "sample_hz=500 run_ms=0 vm=a:truth-guest:vcpus=2 vm=b:other:mem_mb=128 debug=1"
+            "sample_hz=500 run_ms=0 vm=a:truth-guest:vcpus=2 vm=b:other:mem_mb=128:channel=off debug=1"
         );
     }
 
@@ -706,7 +740,7 @@ mod tests {
         let cfg = grub_cfg(&scenario());
         assert!(cfg.contains("set timeout=0\n"));
         assert!(cfg.contains(
-            "    multiboot2 /boot/hypervisor.elf sample_hz=500 run_ms=0 vm=a:truth-guest:vcpus=2 vm=b:other:mem_mb=128 debug=1\n"
+            "    multiboot2 /boot/hypervisor.elf sample_hz=500 run_ms=0 vm=a:truth-guest:vcpus=2 vm=b:other:mem_mb=128:channel=off debug=1\n"
         ));
         assert!(cfg.contains("    module2 /boot/truth-guest.elf truth-guest\n"));
         assert!(cfg.contains("    module2 /boot/other.elf other\n"));
@@ -745,7 +779,7 @@ mod tests {
         let s = linux_scenario(LinuxKernel::Pvh);
         assert_eq!(
             s.cmdline(),
-            "sample_hz=1000 run_ms=120000 vm=linux:vmlinux:initrd=linux-initrd:mem_mb=256 vm=truth:truth-guest"
+            "sample_hz=1000 run_ms=120000 vm=linux:vmlinux:initrd=linux-initrd:mem_mb=256:channel=user vm=truth:truth-guest"
         );
         let cfg = grub_cfg(&s);
         assert!(cfg.contains(

@@ -234,8 +234,9 @@ fn pad4(out: &mut Vec<u8>) {
 pub enum Init {
     /// The main Linux scenario: `guest-kit watch` in the background (`init: watcher
     /// ready` after its first walk), `workload --seconds 4 --name w1`, then the watcher
-    /// stopped and its bundle of VM `vm` on the console (each line prefixed `@gk `;
-    /// `guest-kit collect`'s if the watcher gave none), `init: done` and `poweroff -f`.
+    /// stopped and its bundle of VM `vm` delivered through the hypercall channel
+    /// (`guest-kit send`) and on the console (each line prefixed `@gk `; `guest-kit
+    /// collect`'s if the watcher gave none), `init: done` and `poweroff -f`.
     Workload {
         /// VM name written into the bundle (`vm NAME`): the hypervisor's name for it.
         vm: String,
@@ -249,8 +250,8 @@ pub enum Init {
     /// CPU time, and 2 s later a short-lived workload (`--name short`, 0.5 s of CPU)
     /// that exits before them; the PIDs as `init: pids a=N b=N c=N` and
     /// `init: pid short=N`; when all have ended `/tmp/stop` stops the watcher, whose
-    /// bundle of VM `vm` goes to the console with the `@gk ` prefix; `init: done`,
-    /// `poweroff -f`.
+    /// bundle of VM `vm` goes through the hypercall channel and to the console with the
+    /// `@gk ` prefix; `init: done`, `poweroff -f`.
     Procs {
         /// VM name written into the bundle.
         vm: String,
@@ -279,10 +280,13 @@ fn watch_start(vm: &str) -> String {
     )
 }
 
-/// Stops the watcher and prints its bundle with the `@gk ` prefix (docs/contracts.md)
-/// through `guest-kit console`, which waits until the UART has sent it (a `poweroff`
-/// one second after `sed` cut a 1.5 kB bundle off under Bochs); without a bundle from
-/// the watcher, `guest-kit collect`'s of what is left.
+/// Stops the watcher and delivers its bundle (without a bundle from the watcher,
+/// `guest-kit collect`'s of what is left) twice: through the hypercall channel into the
+/// sample log (`guest-kit send`; the VM is booted with `:channel=user`), and on the
+/// console with the `@gk ` prefix (docs/contracts.md) through `guest-kit console`, which
+/// waits until the UART has sent it (a `poweroff` one second after `sed` cut a 1.5 kB
+/// bundle off under Bochs). The console copy is the fallback when the channel refuses,
+/// and both print how long they took, so the two paths can be compared.
 fn watch_stop(vm: &str) -> String {
     format!(
         "echo stop > /tmp/stop\n\
@@ -291,6 +295,7 @@ fn watch_stop(vm: &str) -> String {
          \x20   echo \"init: no bundle from guest-kit watch, guest-kit collect instead\"\n\
          \x20   guest-kit collect --vm {vm} --out /tmp/bundle\n\
          fi\n\
+         guest-kit send /tmp/bundle || echo \"init: guest-kit send failed: the console copy is the fallback\"\n\
          guest-kit console /tmp/bundle\n"
     )
 }
@@ -786,6 +791,7 @@ mod tests {
             "echo stop > /tmp/stop",
             "wait $gk",
             "guest-kit collect --vm linux --out /tmp/bundle",
+            "guest-kit send /tmp/bundle || echo \"init: guest-kit send failed",
             "guest-kit console /tmp/bundle",
             "echo \"init: done\"",
             "poweroff -f",
@@ -842,6 +848,7 @@ mod tests {
             "wait $c",
             "echo stop > /tmp/stop",
             "wait $gk",
+            "guest-kit send /tmp/bundle",
             "guest-kit console /tmp/bundle",
             "echo \"init: done\"",
             "poweroff -f",
