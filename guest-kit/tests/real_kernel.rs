@@ -262,3 +262,34 @@ fn real_kernel_btf_scan_agrees_with_btfparse() {
         scan.type_count()
     );
 }
+
+/// The kallsyms scanner and the symbol picker against the real kernel's System.map, which
+/// has `/proc/kallsyms`' format (at link-time addresses; a guest's kallsyms differs only by
+/// the KASLR offset).
+#[test]
+fn real_system_map_read_as_kallsyms_names_the_walks_symbols() {
+    let path = kernel_file(&["System.map"], |p| {
+        std::fs::metadata(p).is_ok_and(|m| m.len() > 1_000_000)
+    });
+    let text = std::fs::read_to_string(&path).unwrap();
+    let wanted = [
+        "_text",
+        "init_task",
+        "init_mm",
+        "page_offset_base",
+        "phys_base",
+    ];
+    let found = guest_kit::watch::scan_kallsyms(&text, &wanted);
+    let names: Vec<&str> = found.iter().map(|s| s.name.as_str()).collect();
+    for w in wanted {
+        assert!(names.contains(&w), "{w} not found in {}", path.display());
+    }
+    let syms = KernelSymbols::from_kallsyms(&found).unwrap();
+    // All in the kernel image's mapping; the variables in its data, past _text.
+    let text_addr = found.iter().find(|s| s.name == "_text").unwrap().addr;
+    assert_eq!(text_addr, START_KERNEL_MAP + 0x100_0000);
+    assert!(syms.init_task > text_addr);
+    assert!(syms.init_mm.is_some_and(|a| a > text_addr));
+    assert!(syms.page_offset_base.is_some_and(|a| a > text_addr));
+    assert!(syms.phys_base.is_some_and(|a| a > text_addr));
+}
