@@ -34,7 +34,9 @@ pub enum Command {
     /// what each VM delivered through the hypercall channel into the log; `proc`
     /// lines map each CR3 to a PID and name, `map` lines place objects, `ksym` lines or
     /// --kernel-map name kernel functions); functions in objects come from the
-    /// --elf files, found by file name. Idle is time a vCPU was halted
+    /// --elf files, found by build id (`map ... buildid=`), else by file name (a file
+    /// of the right name with another build id is refused with a warning), else from
+    /// the bundle's `usym` lines. Idle is time a vCPU was halted
     /// (`[idle] (halt_exit)`); steal is time it was runnable but not running:
     /// `(on vcpuN)` when a sibling vCPU of the same VM held its pCPU, `(outside)`
     /// otherwise.
@@ -58,7 +60,8 @@ pub struct ReportArgs {
     #[arg(long = "bundle", value_name = "FILE")]
     pub bundles: Vec<PathBuf>,
     /// An ELF with symbols for a guest object (program, library or kernel);
-    /// matched to `map`/`kmap` paths by file name.
+    /// matched to `map` lines by build id when both have one, else to `map`/`kmap`
+    /// paths by file name.
     #[arg(long = "elf", value_name = "PATH")]
     pub elfs: Vec<PathBuf>,
     /// The hypervisor ELF, to name hypervisor functions at host level.

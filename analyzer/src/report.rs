@@ -274,21 +274,138 @@ impl Sink for Collect<'_> {
     }
 }
 
-/// Loaded ELF files, found by file name.
+/// Loaded ELF files, found by build id, else by file name.
+#[derive(Default)]
 struct Elfs {
     images: Vec<ElfImage>,
-    by_name: FxHashMap<String, usize>,
+    /// `--elf` path as given, file name, and the name up to its first `.`, per image.
+    names: Vec<(String, String, String)>,
+    /// (`--elf` index, guest path) pairs already warned about.
+    warned: std::collections::BTreeSet<(usize, String)>,
+}
+
+fn stem(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
 }
 
 impl Elfs {
-    fn find(&self, path: &str) -> Option<&ElfImage> {
-        let base = procs::basename(path);
-        let stem = base.split('.').next().unwrap_or(base);
-        self.by_name
-            .get(base)
-            .or_else(|| self.by_name.get(stem))
-            .map(|&i| &self.images[i])
+    fn add(&mut self, path: &std::path::Path, img: ElfImage) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let s = stem(&name).to_string();
+        self.names.push((path.display().to_string(), name, s));
+        self.images.push(img);
     }
+
+    /// The images named like `path`: the same file name, else the same name up to the
+    /// first `.` (`libc.so` for `libc.so.6`); the last given first.
+    fn by_name(&self, path: &str) -> Vec<usize> {
+        let base = procs::basename(path);
+        let exact: Vec<usize> = (0..self.names.len())
+            .rev()
+            .filter(|&i| self.names[i].1 == base)
+            .collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        let s = stem(base);
+        (0..self.names.len())
+            .rev()
+            .filter(|&i| self.names[i].1 == s || self.names[i].2 == s)
+            .collect()
+    }
+
+    /// The image for a kernel module or image name (no build id).
+    fn find(&self, path: &str) -> Option<&ElfImage> {
+        self.by_name(path).first().map(|&i| &self.images[i])
+    }
+
+    /// The `--elf` file for a guest object: the one with its build id (whatever its
+    /// name), else one of its name without a build id, or any of its name when the
+    /// guest gave none. A file of its name with another build id is the wrong file:
+    /// never used for it, and one warning per file and object.
+    fn pick(&mut self, path: &str, id: Option<&[u8]>, warnings: &mut Vec<String>) -> Option<usize> {
+        let Some(id) = id else {
+            return self.by_name(path).first().copied();
+        };
+        if let Some(i) = (0..self.images.len())
+            .rev()
+            .find(|&i| self.images[i].build_id.as_deref() == Some(id))
+        {
+            return Some(i);
+        }
+        let mut found = None;
+        for i in self.by_name(path) {
+            match &self.images[i].build_id {
+                None => {
+                    found = found.or(Some(i));
+                }
+                Some(other) => {
+                    if self.warned.insert((i, path.to_string())) {
+                        warnings.push(format!(
+                            "--elf {}: build id {} differs from the guest's {path} (build id {}): not used for it",
+                            self.names[i].0,
+                            guest_kit::elf::hex(other),
+                            guest_kit::elf::hex(id)
+                        ));
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Symbol source per mapped object, keyed by (guest path, build id).
+type ObjectMap = FxHashMap<(String, Option<Vec<u8>>), ObjSyms>;
+
+/// Where a guest object's functions come from.
+#[derive(Clone, Copy, Debug)]
+enum ObjSyms {
+    /// `--elf` file index.
+    Elf(usize),
+    /// Index into [`GuestSyms::guest_images`] (the bundle's `usym` lines).
+    Guest(usize),
+}
+
+/// Chooses the symbol source of every object a bundle maps (see [`Elfs::pick`]; the
+/// bundle's `usym` lines when no `--elf` file fits).
+fn object_symbols(
+    bundle: Option<&Bundle>,
+    elfs: &mut Elfs,
+    warnings: &mut Vec<String>,
+) -> (ObjectMap, Vec<ElfImage>) {
+    let mut chosen = FxHashMap::default();
+    let mut guest: Vec<ElfImage> = Vec::new();
+    let mut guest_index: FxHashMap<&str, usize> = FxHashMap::default();
+    let Some(b) = bundle else {
+        return (chosen, guest);
+    };
+    let with_usyms: std::collections::BTreeSet<&str> =
+        b.usyms.iter().map(|s| s.path.as_str()).collect();
+    for m in &b.maps {
+        let key = (m.path.clone(), m.build_id.clone());
+        if chosen.contains_key(&key) {
+            continue;
+        }
+        let pick = match elfs.pick(&m.path, m.build_id.as_deref(), warnings) {
+            Some(i) => Some(ObjSyms::Elf(i)),
+            None if with_usyms.contains(m.path.as_str()) => {
+                let i = *guest_index.entry(m.path.as_str()).or_insert_with(|| {
+                    guest.push(ElfImage::from_bundle(b, &m.path));
+                    guest.len() - 1
+                });
+                Some(ObjSyms::Guest(i))
+            }
+            None => None,
+        };
+        if let Some(p) = pick {
+            chosen.insert(key, p);
+        }
+    }
+    (chosen, guest)
 }
 
 /// `--kernel-map`: a System.map and the kernel release it belongs to (if known).
@@ -418,6 +535,10 @@ struct GuestSyms<'a> {
     maps: FxHashMap<u32, Vec<guest_kit::Map>>,
     ksyms: SymbolTable,
     elfs: &'a Elfs,
+    /// Symbol source per mapped (path, build id).
+    objects: ObjectMap,
+    /// Objects named from the bundle's `usym` lines.
+    guest_images: Vec<ElfImage>,
 }
 
 impl GuestSyms<'_> {
@@ -472,11 +593,14 @@ impl GuestSyms<'_> {
             format!("{label}:{obj}")
         };
         let off = (k.rip - map.start).wrapping_add(map.offset);
-        match self
-            .elfs
-            .find(&map.path)
-            .and_then(|e| e.vaddr_of_offset(off).and_then(|a| e.symbols.lookup(a)))
-        {
+        let image = self
+            .objects
+            .get(&(map.path.clone(), map.build_id.clone()))
+            .map(|o| match *o {
+                ObjSyms::Elf(i) => &self.elfs.images[i],
+                ObjSyms::Guest(i) => &self.guest_images[i],
+            });
+        match image.and_then(|e| e.vaddr_of_offset(off).and_then(|a| e.symbols.lookup(a))) {
             Some(f) => (f.to_string(), module, RowKind::Function),
             None => ("[unknown]".to_string(), module, RowKind::Unknown),
         }
@@ -665,25 +789,13 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
         &mut bundles,
         &mut warnings,
     )?;
-    let mut elfs = Elfs {
-        images: Vec::new(),
-        by_name: FxHashMap::default(),
-    };
+    let mut elfs = Elfs::default();
     for path in &opts.elfs {
         match input::read_side_file("--elf", path)
             .and_then(|d| ElfImage::parse(&d).map_err(|e| format!("--elf {}: {e}", path.display())))
         {
             Err(w) => warnings.push(w),
-            Ok(img) => {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let stem = name.split('.').next().unwrap_or(&name).to_string();
-                elfs.by_name.insert(name, elfs.images.len());
-                elfs.by_name.entry(stem).or_insert(elfs.images.len());
-                elfs.images.push(img);
-            }
+            Ok(img) => elfs.add(path, img),
         }
     }
     let hv = opts.hv_elf.as_ref().and_then(|path| {
@@ -852,12 +964,15 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
                 extra_ksyms.as_deref(),
                 &mut warnings,
             );
+            let (objects, guest_images) = object_symbols(bundle, &mut elfs, &mut warnings);
             let syms = GuestSyms {
                 bundle,
                 labels: bundle.map(procs::labels).unwrap_or_default(),
                 maps: bundle.map(procs::maps_by_pid).unwrap_or_default(),
                 ksyms,
                 elfs: &elfs,
+                objects,
+                guest_images,
             };
             let parts: Vec<&VcpuCounts> = agg.vcpus.iter().filter(|c| c.vm == id).collect();
             guests.push(guest_section(opts, &syms, &name, id, None, &parts));

@@ -58,6 +58,8 @@ pub struct ElfImage {
     /// Function symbols at link-time addresses.
     pub symbols: SymbolTable,
     segments: Vec<(u64, u64, u64)>, // (file offset, file size, vaddr)
+    /// The GNU build id (`NT_GNU_BUILD_ID` note), if the file has one.
+    pub build_id: Option<Vec<u8>>,
 }
 
 impl ElfImage {
@@ -86,7 +88,30 @@ impl ElfImage {
         Ok(ElfImage {
             symbols: SymbolTable::build(syms, 0x1000),
             segments,
+            build_id: file.build_id().ok().flatten().map(<[u8]>::to_vec),
         })
+    }
+
+    /// The image of one object from a bundle's `usym` and `useg` lines of `path` (the
+    /// guest's copy of the symbol table, for objects no `--elf` file matches).
+    pub fn from_bundle(bundle: &guest_kit::Bundle, path: &str) -> ElfImage {
+        let syms = bundle
+            .usyms
+            .iter()
+            .filter(|s| s.path == path)
+            .map(|s| (s.addr, s.size, demangle(&s.name)))
+            .collect();
+        let segments = bundle
+            .usegs
+            .iter()
+            .filter(|g| g.path == path)
+            .map(|g| (g.offset, g.size, g.vaddr))
+            .collect();
+        ElfImage {
+            symbols: SymbolTable::build(syms, 0x1000),
+            segments,
+            build_id: None,
+        }
     }
 
     /// Link-time address of a file offset, if a loadable segment holds it.

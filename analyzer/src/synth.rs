@@ -14,6 +14,26 @@ pub const TEXT_OFFSET: u64 = 0x1000;
 /// offset 0 at `base`, `.text` at file offset [`TEXT_OFFSET`] (so at address
 /// `base + 0x1000`) holding `funcs`, and a symbol table. `pie` makes it ET_DYN.
 pub fn elf(base: u64, pie: bool, funcs: &[Func<'_>]) -> Vec<u8> {
+    elf_with_build_id(base, pie, funcs, None)
+}
+
+/// [`elf`] with a `.note.gnu.build-id` section holding `build_id` (when given).
+pub fn elf_with_build_id(
+    base: u64,
+    pie: bool,
+    funcs: &[Func<'_>],
+    build_id: Option<&[u8]>,
+) -> Vec<u8> {
+    let note: Option<Vec<u8>> = build_id.map(|id| {
+        let mut n = Vec::new();
+        n.extend(4u32.to_le_bytes());
+        n.extend((id.len() as u32).to_le_bytes());
+        n.extend(object::elf::NT_GNU_BUILD_ID.to_le_bytes());
+        n.extend(b"GNU\0");
+        n.extend(id);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n
+    });
     let text_len = funcs.iter().map(|f| f.1 + f.2).max().unwrap_or(0).max(16) as usize;
     let mut buf = Vec::new();
     let mut w = Writer::new(object::Endianness::Little, true, &mut buf);
@@ -21,10 +41,17 @@ pub fn elf(base: u64, pie: bool, funcs: &[Func<'_>]) -> Vec<u8> {
     w.reserve_program_headers(1);
     w.reserve_until(TEXT_OFFSET as usize);
     w.reserve(text_len, 1);
+    let note_offset = note.as_ref().map(|n| w.reserve(n.len(), 4));
     let names: Vec<_> = funcs.iter().map(|f| w.add_string(f.0.as_bytes())).collect();
     w.reserve_null_section_index();
     let text_name = w.add_section_name(b".text");
     let text_idx = w.reserve_section_index();
+    let note_name = note.as_ref().map(|_| {
+        (
+            w.add_section_name(b".note.gnu.build-id"),
+            w.reserve_section_index(),
+        )
+    });
     w.reserve_null_symbol_index();
     for _ in funcs {
         w.reserve_symbol_index(Some(text_idx));
@@ -64,6 +91,10 @@ pub fn elf(base: u64, pie: bool, funcs: &[Func<'_>]) -> Vec<u8> {
     });
     w.pad_until(TEXT_OFFSET as usize);
     w.write(&vec![0xcc; text_len]);
+    if let Some(n) = &note {
+        w.write_align(4);
+        w.write(n);
+    }
     w.write_null_symbol();
     for (f, name) in funcs.iter().zip(&names) {
         w.write_symbol(&Sym {
@@ -91,6 +122,20 @@ pub fn elf(base: u64, pie: bool, funcs: &[Func<'_>]) -> Vec<u8> {
         sh_addralign: 16,
         sh_entsize: 0,
     });
+    if let (Some(n), Some((name, _)), Some(offset)) = (&note, note_name, note_offset) {
+        w.write_section_header(&SectionHeader {
+            name: Some(name),
+            sh_type: object::elf::SHT_NOTE,
+            sh_flags: u64::from(object::elf::SHF_ALLOC),
+            sh_addr: 0,
+            sh_offset: offset as u64,
+            sh_size: n.len() as u64,
+            sh_link: 0,
+            sh_info: 0,
+            sh_addralign: 4,
+            sh_entsize: 0,
+        });
+    }
     w.write_symtab_section_header(1);
     w.write_strtab_section_header();
     w.write_shstrtab_section_header();

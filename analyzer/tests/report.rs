@@ -1221,3 +1221,137 @@ fn an_explicit_bundle_wins_over_the_channel_with_a_note_when_they_differ() {
     );
     assert_eq!(r.guests[0].rows[0].module, "prog(99)");
 }
+
+/// Scenario A's guest rows of VM `web` (the tail of the golden text).
+const GUEST_ROWS_A: &str = "\
+== Guest level: web (VM0) ==
+Total samples:100   OS:USER:IDLE:steal = 10.00%:70.00%:10.00%:10.00%
+ Samples  %Ratio  Function              Module
+      50   50.00  alpha                 prog(100)
+      20   20.00  beta                  prog(100)
+      10   10.00  [idle]                (halt_exit)
+      10   10.00  [steal]               (outside)
+      10   10.00  do_syscall            vmlinux
+";
+
+/// Scenario A with `bundle` and, as `--elf`, `(directory, build id, functions)` files
+/// all named `prog`.
+fn scenario_a_build_ids(
+    d: &std::path::Path,
+    bundle: &str,
+    elfs: &[(&str, &[u8], &[analyzer::synth::Func<'_>])],
+) -> Options {
+    let log = put(d, "a.vmlog", &log(&[vm(0, "web", 1)], &[samples_a(100)]));
+    let mut o = opts(log);
+    o.level = Level::Guest;
+    o.bundles.push(put(d, "web.bundle", bundle.as_bytes()));
+    for (sub, id, funcs) in elfs {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+        o.elfs.push(put(
+            &d.join(sub),
+            "prog",
+            &analyzer::synth::elf_with_build_id(0, true, funcs, Some(id)),
+        ));
+    }
+    o
+}
+
+/// [`BUNDLE_A`] in version 3, its program's map carrying `buildid=`, plus `extra` lines.
+fn bundle_a_v3(build_id: &str, extra: &str) -> String {
+    BUNDLE_A.replace("gk-bundle 1", "gk-bundle 3").replace(
+        "/usr/bin/prog\n",
+        &format!("/usr/bin/prog buildid={build_id}\n"),
+    ) + extra
+}
+
+const RIGHT: &[analyzer::synth::Func<'_>] = &[("alpha", 0, 0x100), ("beta", 0x100, 0x100)];
+const WRONG: &[analyzer::synth::Func<'_>] = &[("old_alpha", 0, 0x100), ("old_beta", 0x100, 0x100)];
+
+#[test]
+fn the_elf_with_the_guests_build_id_wins_over_a_namesake() {
+    let d = dir("buildid-pick");
+    // Both files are called `prog`; the wrong one is given last (a name match would
+    // take it).
+    let o = scenario_a_build_ids(
+        &d,
+        &bundle_a_v3("b0b0b0b0", ""),
+        &[("right", &[0xb0; 4], RIGHT), ("wrong", &[0xa0; 4], WRONG)],
+    );
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.warnings, Vec::<String>::new());
+    assert_eq!(report::to_text(&r), GUEST_ROWS_A);
+    // Without a build id in the bundle the file name decides as before: the last one.
+    let o = scenario_a_build_ids(
+        &d,
+        BUNDLE_A,
+        &[("right", &[0xb0; 4], RIGHT), ("wrong", &[0xa0; 4], WRONG)],
+    );
+    let r = report::build(&o).unwrap();
+    assert!(
+        report::to_text(&r).contains("old_alpha"),
+        "{}",
+        report::to_text(&r)
+    );
+}
+
+#[test]
+fn a_namesake_with_another_build_id_is_refused_with_one_warning() {
+    let d = dir("buildid-refuse");
+    let o = scenario_a_build_ids(
+        &d,
+        &bundle_a_v3("b0b0b0b0", ""),
+        &[("wrong", &[0xa0; 4], WRONG)],
+    );
+    let r = report::build(&o).unwrap();
+    assert_eq!(
+        r.warnings,
+        [format!(
+            "--elf {}: build id a0a0a0a0 differs from the guest's /usr/bin/prog (build id b0b0b0b0): not used for it",
+            d.join("wrong/prog").display()
+        )]
+    );
+    let text = report::to_text(&r);
+    assert!(
+        text.contains("      70   70.00  [unknown]             prog(100)\n"),
+        "{text}"
+    );
+    assert!(!text.contains("old_"), "{text}");
+}
+
+/// The program's symbols as the guest sends them (`guest-kit collect --symbols`).
+const USYMS_A: &str = "useg /usr/bin/prog 0 1200 0\n\
+    usym /usr/bin/prog 1000 100 alpha\nusym /usr/bin/prog 1100 0 beta\n";
+
+#[test]
+fn functions_are_named_from_the_bundles_usym_lines_without_an_elf() {
+    let d = dir("usym");
+    let o = scenario_a_build_ids(&d, &bundle_a_v3("b0b0b0b0", USYMS_A), &[]);
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.warnings, Vec::<String>::new());
+    assert_eq!(report::to_text(&r), GUEST_ROWS_A);
+    // Through the binary, and with a wrong `--elf` namesake: refused, usym lines used.
+    let o = scenario_a_build_ids(
+        &d,
+        &bundle_a_v3("b0b0b0b0", USYMS_A),
+        &[("wrong", &[0xa0; 4], WRONG)],
+    );
+    let (code, out, err) = analyzer(&[
+        "report",
+        o.log.to_str().unwrap(),
+        "--level",
+        "guest",
+        "--bundle",
+        o.bundles[0].to_str().unwrap(),
+        "--elf",
+        o.elfs[0].to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, GUEST_ROWS_A);
+    assert_eq!(
+        err,
+        format!(
+            "analyzer: warning: --elf {}: build id a0a0a0a0 differs from the guest's /usr/bin/prog (build id b0b0b0b0): not used for it\n",
+            d.join("wrong/prog").display()
+        )
+    );
+}

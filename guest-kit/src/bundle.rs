@@ -6,9 +6,11 @@
 //! vm NAME
 //! kernel RELEASE text=0xHEX                              # version 2; text=? when unknown
 //! proc PID COMM cr3=0xHEX [from=HOSTTSC] [to=HOSTTSC]    # cr3=? when unknown
-//! map PID START END OFFSET PATH                          # hex, offset as in /proc/PID/maps
+//! map PID START END OFFSET PATH [buildid=HEX]           # hex, offset as in /proc/PID/maps
 //! kmap START END PATH
 //! ksym ADDR TYPE NAME [MODULE]
+//! useg PATH OFFSET SIZE VADDR                            # version 3: PT_LOAD of PATH
+//! usym PATH ADDR SIZE NAME                               # version 3: function of PATH
 //! ```
 //!
 //! Rules this module fixes where the contract is silent:
@@ -23,6 +25,10 @@
 //!   The writer writes the lowest version that holds the bundle (1 without a `kernel`
 //!   line), so readers of version 1 keep reading bundles that do not need 2. A version 1
 //!   bundle with a `kernel` line is an error.
+//! - Version 3 adds `buildid=` on `map` lines and the `useg`/`usym` records (a version
+//!   1 or 2 reader refuses both, so a bundle holding them says 3); the writer writes 3
+//!   only when one is present. `buildid` is lowercase hex (at most 64 bytes, written
+//!   lowercase, read in either case).
 //! - `cr3` is written as collected (`__pa(mm->pgd)`, already a [`cr3_key`]); the reader
 //!   keeps what it reads, [`Proc::cr3_key`] masks it.
 
@@ -30,7 +36,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 /// The newest format version this module reads (and writes when a bundle needs it).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The oldest format version this module reads.
 pub const MIN_VERSION: u32 = 1;
@@ -74,6 +80,30 @@ pub struct Bundle {
     pub ksyms: Vec<KSym>,
     /// The running kernel (`kernel` line, version 2).
     pub kernel: Option<Kernel>,
+    /// Loadable segments of mapped objects (`useg` lines, version 3).
+    pub usegs: Vec<USeg>,
+    /// Function symbols of mapped objects (`usym` lines, version 3).
+    pub usyms: Vec<USym>,
+}
+
+/// A `PT_LOAD` segment of a mapped object: file bytes `[offset, offset + size)` of
+/// `path` are at link-time address `vaddr` (turns a `map` offset into a symbol address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct USeg {
+    pub path: String,
+    pub offset: u64,
+    pub size: u64,
+    pub vaddr: u64,
+}
+
+/// A function symbol of a mapped object, as its `.symtab` holds it (link-time address;
+/// size 0 when unknown), sent when the host may have no copy of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct USym {
+    pub path: String,
+    pub addr: u64,
+    pub size: u64,
+    pub name: String,
 }
 
 /// The guest's running kernel: enough for the host to relocate that kernel's System.map.
@@ -114,6 +144,8 @@ pub struct Map {
     pub end: u64,
     pub offset: u64,
     pub path: String,
+    /// The file's GNU build id (`buildid=`, version 3), when the collector read one.
+    pub build_id: Option<Vec<u8>>,
 }
 
 /// The kernel image or a module at `[start, end)` of the kernel address space.
@@ -161,7 +193,7 @@ pub enum ParseErrorKind {
     DuplicateVm(String),
     #[error("no `vm NAME` line")]
     MissingVm,
-    #[error("unknown record `{0}` (expected vm, kernel, proc, map, kmap or ksym)")]
+    #[error("unknown record `{0}` (expected vm, kernel, proc, map, kmap, ksym, useg or usym)")]
     UnknownRecord(String),
     #[error("`{record}` needs `gk-bundle {needs}` (this bundle says {found})")]
     NeedsVersion {
@@ -190,6 +222,8 @@ pub enum ParseErrorKind {
     DuplicateOption(&'static str),
     #[error("proc has no `cr3=` (write `cr3=?` when it is unknown)")]
     MissingCr3,
+    #[error("`{0}` is not a build id (`buildid=` and 1 to 64 bytes of hex)")]
+    BadBuildId(String),
     #[error("kernel needs `text=0xADDR` (or `text=?`), found `{0}`")]
     BadKernelText(String),
     #[error("range start {start:#x} is not below end {end:#x}")]
@@ -258,7 +292,26 @@ impl Bundle {
                     bundle.kernel = Some(kernel);
                 }
                 "proc" => bundle.procs.push(parse_proc(&mut fields).map_err(err)?),
-                "map" => bundle.maps.push(parse_map(&mut fields).map_err(err)?),
+                "map" => {
+                    let map = parse_map(&mut fields).map_err(err)?;
+                    if map.build_id.is_some() && version < 3 {
+                        return Err(err(ParseErrorKind::NeedsVersion {
+                            record: "map ... buildid=",
+                            needs: 3,
+                            found: version,
+                        }));
+                    }
+                    bundle.maps.push(map);
+                }
+                "useg" | "usym" if version < 3 => {
+                    return Err(err(ParseErrorKind::NeedsVersion {
+                        record: if record == "useg" { "useg" } else { "usym" },
+                        needs: 3,
+                        found: version,
+                    }));
+                }
+                "useg" => bundle.usegs.push(parse_useg(&mut fields).map_err(err)?),
+                "usym" => bundle.usyms.push(parse_usym(&mut fields).map_err(err)?),
                 "kmap" => bundle.kmaps.push(parse_kmap(&mut fields).map_err(err)?),
                 "ksym" => bundle.ksyms.push(parse_ksym(&mut fields).map_err(err)?),
                 other => return Err(err(ParseErrorKind::UnknownRecord(other.to_string()))),
@@ -288,7 +341,16 @@ impl Bundle {
 
     /// The format version [`Bundle::write`] writes: the lowest that holds this bundle.
     pub fn version(&self) -> u32 {
-        if self.kernel.is_some() { 2 } else { 1 }
+        if !self.usyms.is_empty()
+            || !self.usegs.is_empty()
+            || self.maps.iter().any(|m| m.build_id.is_some())
+        {
+            3
+        } else if self.kernel.is_some() {
+            2
+        } else {
+            1
+        }
     }
 
     /// Writes the bundle in the text format.
@@ -317,7 +379,7 @@ impl Bundle {
             out.write_char('\n')?;
         }
         for m in &self.maps {
-            writeln!(
+            write!(
                 out,
                 "map {} {:x} {:x} {:x} {}",
                 m.pid,
@@ -326,6 +388,13 @@ impl Bundle {
                 m.offset,
                 Escaped(&m.path)
             )?;
+            if let Some(id) = &m.build_id {
+                out.write_str(" buildid=")?;
+                for b in id {
+                    write!(out, "{b:02x}")?;
+                }
+            }
+            out.write_char('\n')?;
         }
         for k in &self.kmaps {
             writeln!(out, "kmap {:x} {:x} {}", k.start, k.end, Escaped(&k.path))?;
@@ -336,6 +405,26 @@ impl Bundle {
                 write!(out, " {}", Escaped(module))?;
             }
             out.write_char('\n')?;
+        }
+        for g in &self.usegs {
+            writeln!(
+                out,
+                "useg {} {:x} {:x} {:x}",
+                Escaped(&g.path),
+                g.offset,
+                g.size,
+                g.vaddr
+            )?;
+        }
+        for s in &self.usyms {
+            writeln!(
+                out,
+                "usym {} {:x} {:x} {}",
+                Escaped(&s.path),
+                s.addr,
+                s.size,
+                Escaped(&s.name)
+            )?;
         }
         Ok(())
     }
@@ -425,6 +514,10 @@ fn parse_map(fields: Fields) -> Result<Map, ParseErrorKind> {
     let end = hex_field(fields, "map", "END")?;
     let offset = hex_field(fields, "map", "OFFSET")?;
     let path = text_field(fields, "map", "a PATH")?;
+    let build_id = match fields.next() {
+        None => None,
+        Some(option) => Some(parse_build_id(option)?),
+    };
     no_more(fields, "map")?;
     check_range(start, end)?;
     Ok(Map {
@@ -433,6 +526,51 @@ fn parse_map(fields: Fields) -> Result<Map, ParseErrorKind> {
         end,
         offset,
         path,
+        build_id,
+    })
+}
+
+/// `buildid=HEX`: an even number of hex digits, 1 to 64 bytes.
+fn parse_build_id(option: &str) -> Result<Vec<u8>, ParseErrorKind> {
+    let bad = || ParseErrorKind::BadBuildId(option.to_string());
+    let hex = option.strip_prefix("buildid=").ok_or_else(bad)?;
+    if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 128 {
+        return Err(bad());
+    }
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
+}
+
+fn parse_useg(fields: Fields) -> Result<USeg, ParseErrorKind> {
+    let path = text_field(fields, "useg", "a PATH")?;
+    let offset = hex_field(fields, "useg", "OFFSET")?;
+    let size = hex_field(fields, "useg", "SIZE")?;
+    let vaddr = hex_field(fields, "useg", "VADDR")?;
+    no_more(fields, "useg")?;
+    Ok(USeg {
+        path,
+        offset,
+        size,
+        vaddr,
+    })
+}
+
+fn parse_usym(fields: Fields) -> Result<USym, ParseErrorKind> {
+    let path = text_field(fields, "usym", "a PATH")?;
+    let addr = hex_field(fields, "usym", "ADDR")?;
+    let size = hex_field(fields, "usym", "SIZE")?;
+    let name = text_field(fields, "usym", "a NAME")?;
+    no_more(fields, "usym")?;
+    Ok(USym {
+        path,
+        addr,
+        size,
+        name,
     })
 }
 
@@ -668,6 +806,7 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
                     end: 0x45_2000,
                     offset: 0,
                     path: "/usr/bin/foo".into(),
+                    build_id: None,
                 },
                 Map {
                     pid: 42,
@@ -675,6 +814,7 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
                     end: 0x7f00_0000_2000,
                     offset: 0x1000,
                     path: "/lib/x86_64-linux-gnu/libc.so.6".into(),
+                    build_id: None,
                 },
             ],
             kmaps: vec![KMap {
@@ -697,6 +837,8 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
                 },
             ],
             kernel: None,
+            usegs: Vec::new(),
+            usyms: Vec::new(),
         }
     }
 
@@ -811,6 +953,67 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
         );
     }
 
+    #[test]
+    fn version_3_build_ids_and_guest_symbols_round_trip() {
+        let mut b = sample();
+        b.maps[1].build_id = Some(vec![0x4f, 0x00, 0xab, 0xcd]);
+        b.usegs.push(USeg {
+            path: "/lib/x86_64-linux-gnu/libc.so.6".into(),
+            offset: 0x1000,
+            size: 0x2000,
+            vaddr: 0x1000,
+        });
+        b.usyms.push(USym {
+            path: "/lib/x86_64-linux-gnu/libc.so.6".into(),
+            addr: 0x1040,
+            size: 0x20,
+            name: "memcpy".into(),
+        });
+        b.usyms.push(USym {
+            path: "/opt/my app".into(),
+            addr: 0x40_1000,
+            size: 0,
+            name: "operator new(unsigned long)".into(),
+        });
+        let text = b.to_text();
+        assert!(text.starts_with("gk-bundle 3\n"), "{text}");
+        assert!(
+            text.contains(
+                "\nmap 42 7f0000001000 7f0000002000 1000 /lib/x86_64-linux-gnu/libc.so.6 buildid=4f00abcd\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nmap 42 400000 452000 0 /usr/bin/foo\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "useg /lib/x86_64-linux-gnu/libc.so.6 1000 2000 1000\n\
+                 usym /lib/x86_64-linux-gnu/libc.so.6 1040 20 memcpy\n\
+                 usym /opt/my\\x20app 401000 0 operator\\x20new(unsigned\\x20long)\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(Bundle::parse(&text), Ok(b.clone()));
+        // Upper-case hex reads too; it is written lower-case.
+        let upper = text.replace("buildid=4f00abcd", "buildid=4F00ABCD");
+        assert_eq!(Bundle::parse(&upper), Ok(b.clone()));
+        // A build id alone needs 3; so do usym lines alone; without either: 1 or 2.
+        b.usyms.clear();
+        b.usegs.clear();
+        assert_eq!(b.version(), 3);
+        b.maps[1].build_id = None;
+        assert_eq!(b.version(), 1);
+        b.usyms.push(USym {
+            path: "/x".into(),
+            addr: 1,
+            size: 1,
+            name: "f".into(),
+        });
+        assert_eq!(b.version(), 3);
+    }
+
     fn error(text: &str) -> String {
         match Bundle::parse(text) {
             Ok(b) => panic!("parsed {b:?}"),
@@ -823,14 +1026,14 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
     fn errors_name_the_line_and_the_problem() {
         let h = "gk-bundle 1\nvm a\n";
         let cases: &[(String, &str)] = &[
-            ("".into(), "line 1: no `gk-bundle 2` (or 1) header (the bundle is empty)"),
-            ("# only\n\n".into(), "line 3: no `gk-bundle 2` (or 1) header (the bundle is empty)"),
-            ("vm a\n".into(), "line 1: expected the header `gk-bundle 2` (or 1) before any record, found `vm`"),
-            ("gk-bundle 3\n".into(), "line 1: unsupported bundle version `3` (this reader knows 1 to 2)"),
-            ("gk-bundle 0\n".into(), "line 1: unsupported bundle version `0` (this reader knows 1 to 2)"),
-            ("gk-bundle +2\n".into(), "line 1: unsupported bundle version `+2` (this reader knows 1 to 2)"),
-            ("gk-bundle 02\n".into(), "line 1: unsupported bundle version `02` (this reader knows 1 to 2)"),
-            ("gk-bundle\n".into(), "line 1: unsupported bundle version `` (this reader knows 1 to 2)"),
+            ("".into(), "line 1: no `gk-bundle 3` (or 1) header (the bundle is empty)"),
+            ("# only\n\n".into(), "line 3: no `gk-bundle 3` (or 1) header (the bundle is empty)"),
+            ("vm a\n".into(), "line 1: expected the header `gk-bundle 3` (or 1) before any record, found `vm`"),
+            ("gk-bundle 4\n".into(), "line 1: unsupported bundle version `4` (this reader knows 1 to 3)"),
+            ("gk-bundle 0\n".into(), "line 1: unsupported bundle version `0` (this reader knows 1 to 3)"),
+            ("gk-bundle +2\n".into(), "line 1: unsupported bundle version `+2` (this reader knows 1 to 3)"),
+            ("gk-bundle 02\n".into(), "line 1: unsupported bundle version `02` (this reader knows 1 to 3)"),
+            ("gk-bundle\n".into(), "line 1: unsupported bundle version `` (this reader knows 1 to 3)"),
             (format!("{h}kernel 6.1 text=0x1000\n"), "line 3: `kernel` needs `gk-bundle 2` (this bundle says 1)"),
             ("gk-bundle 2\nkernel\n".into(), "line 2: `kernel` needs a RELEASE"),
             ("gk-bundle 2\nkernel 6.1\n".into(), "line 2: kernel needs `text=0xADDR` (or `text=?`), found ``"),
@@ -843,7 +1046,7 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
             (format!("{h}gk-bundle 1\n"), "line 3: second `gk-bundle` header"),
             (format!("{h}vm b\n"), "line 3: second `vm` line (the bundle already names VM `a`)"),
             ("gk-bundle 1\nvm\n".into(), "line 2: `vm` needs a NAME"),
-            (format!("{h}thread 1\n"), "line 3: unknown record `thread` (expected vm, kernel, proc, map, kmap or ksym)"),
+            (format!("{h}thread 1\n"), "line 3: unknown record `thread` (expected vm, kernel, proc, map, kmap, ksym, useg or usym)"),
             (format!("{h}proc\n"), "line 3: `proc` needs PID"),
             (format!("{h}proc x a cr3=0x1\n"), "line 3: PID `x` is not a valid decimal number"),
             (format!("{h}proc -1 a cr3=0x1\n"), "line 3: PID `-1` is not a valid decimal number"),
@@ -857,7 +1060,19 @@ ksym ffffffffc0000000 t ext4_fill_super [ext4]
             (format!("{h}proc 1 a cr3=0x1 to=99999999999999999999\n"), "line 3: to `99999999999999999999` is not a valid decimal number"),
             (format!("{h}map 1 2000 1000 0 /x\n"), "line 3: range start 0x2000 is not below end 0x1000"),
             (format!("{h}map 1 1000 2000 0\n"), "line 3: `map` needs a PATH"),
-            (format!("{h}map 1 1000 2000 0 /x y\n"), "line 3: `map` has an unexpected extra field `y`"),
+            (format!("{h}map 1 1000 2000 0 /x y\n"), "line 3: `y` is not a build id (`buildid=` and 1 to 64 bytes of hex)"),
+            (format!("{h}map 1 1000 2000 0 /x buildid=ab\n"), "line 3: `map ... buildid=` needs `gk-bundle 3` (this bundle says 1)"),
+            ("gk-bundle 3\nmap 1 1000 2000 0 /x y\n".into(), "line 2: `y` is not a build id (`buildid=` and 1 to 64 bytes of hex)"),
+            ("gk-bundle 3\nmap 1 1000 2000 0 /x buildid=abc\n".into(), "line 2: `buildid=abc` is not a build id (`buildid=` and 1 to 64 bytes of hex)"),
+            ("gk-bundle 3\nmap 1 1000 2000 0 /x buildid=\n".into(), "line 2: `buildid=` is not a build id (`buildid=` and 1 to 64 bytes of hex)"),
+            ("gk-bundle 3\nmap 1 1000 2000 0 /x buildid=+a\n".into(), "line 2: `buildid=+a` is not a build id (`buildid=` and 1 to 64 bytes of hex)"),
+            ("gk-bundle 3\nmap 1 1000 2000 0 /x buildid=ab z\n".into(), "line 2: `map` has an unexpected extra field `z`"),
+            (format!("{h}usym /x 10 4 f\n"), "line 3: `usym` needs `gk-bundle 3` (this bundle says 1)"),
+            ("gk-bundle 2\nuseg /x 0 10 0\n".into(), "line 2: `useg` needs `gk-bundle 3` (this bundle says 2)"),
+            ("gk-bundle 3\nusym /x 10 4\n".into(), "line 2: `usym` needs a NAME"),
+            ("gk-bundle 3\nusym /x 10 zz f\n".into(), "line 2: SIZE `zz` is not a valid hex number"),
+            ("gk-bundle 3\nusym /x 10 4 f g\n".into(), "line 2: `usym` has an unexpected extra field `g`"),
+            ("gk-bundle 3\nuseg /x 0 10\n".into(), "line 2: `useg` needs VADDR"),
             (format!("{h}map 1 10000000000000000 2000 0 /x\n"), "line 3: START `10000000000000000` is not a valid hex number"),
             (format!("{h}kmap 1000\n"), "line 3: `kmap` needs END"),
             (format!("{h}kmap 1000 1000 vmlinux\n"), "line 3: range start 0x1000 is not below end 0x1000"),

@@ -51,6 +51,11 @@ pub struct Options {
     pub kcore: Option<PathBuf>,
     /// Also write `/proc/kallsyms` as `ksym` lines.
     pub kallsyms: bool,
+    /// Also write the mapped objects' function symbols and loadable segments (`usym`
+    /// and `useg` lines, [`crate::elf::annotate`]); build ids are always written.
+    pub symbols: bool,
+    /// Where the guest's file system is: mapped paths are opened below it (`/`).
+    pub file_root: PathBuf,
 }
 
 impl Options {
@@ -62,6 +67,8 @@ impl Options {
             btf: PathBuf::from(DEFAULT_BTF),
             kcore: None,
             kallsyms: false,
+            symbols: false,
+            file_root: PathBuf::from("/"),
         }
     }
 }
@@ -186,6 +193,12 @@ pub fn collect(opts: &Options) -> Result<Collected, CollectError> {
     if opts.kallsyms {
         out.bundle.ksyms = ksyms;
     }
+    crate::elf::annotate(
+        &mut out.bundle,
+        &opts.file_root,
+        opts.symbols,
+        &mut out.warnings,
+    );
     Ok(out)
 }
 
@@ -386,6 +399,7 @@ pub(crate) fn parse_maps_line(line: &str) -> Result<Option<Map>, String> {
         end,
         offset,
         path: path.to_string(),
+        build_id: None,
     }))
 }
 
@@ -573,6 +587,8 @@ mod tests {
     fn options(dir: &tempfile::TempDir) -> Options {
         Options {
             btf: dir.path().join("btf"),
+            // Mapped paths (/sbin/init...) are the fixture's, not this machine's.
+            file_root: dir.path().join("root"),
             ..Options::new(dir.path(), "vm1")
         }
     }
@@ -665,6 +681,55 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn build_ids_always_and_guest_symbols_on_request() {
+        let dir = fixture();
+        // /sbin/init of the guest's file system is this test program (it has a build id).
+        let exe = std::env::current_exe().unwrap();
+        let init = dir.path().join("root/sbin/init");
+        fs::create_dir_all(init.parent().unwrap()).unwrap();
+        fs::copy(&exe, &init).unwrap();
+        let id = crate::elf::build_id(&fs::File::open(&exe).unwrap()).unwrap();
+        let plain = collect(&options(&dir)).unwrap().bundle;
+        let ids: Vec<(&str, Option<&Vec<u8>>)> = plain
+            .maps
+            .iter()
+            .map(|m| (m.path.as_str(), m.build_id.as_ref()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("/sbin/init", Some(&id)),
+                ("/lib/libc.so.6", None),
+                ("/opt/my app/bin (deleted)", None)
+            ]
+        );
+        assert!(plain.usyms.is_empty() && plain.usegs.is_empty());
+        let text = plain.to_text();
+        assert!(text.starts_with("gk-bundle 3\n"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "map 1 400000 452000 0 /sbin/init buildid={}\n",
+                crate::elf::hex(&id)
+            )),
+            "{text}"
+        );
+        let full = collect(&Options {
+            symbols: true,
+            ..options(&dir)
+        })
+        .unwrap()
+        .bundle;
+        assert!(full.usyms.len() > 100, "{}", full.usyms.len());
+        assert!(full.usyms.iter().all(|s| s.path == "/sbin/init"));
+        assert!(full.usegs.iter().any(|g| g.path == "/sbin/init"));
+        assert!(full.usyms.iter().any(|s| {
+            s.name
+                .contains("build_ids_always_and_guest_symbols_on_request")
+        }));
+        assert_eq!(Bundle::parse(&full.to_text()), Ok(full));
     }
 
     #[test]

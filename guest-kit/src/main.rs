@@ -19,7 +19,7 @@ guest-kit: what only the guest knows, for the whole-machine profiler
 
 USAGE:
   guest-kit collect [--out FILE|-] [--vm NAME] [--proc DIR] [--btf FILE] [--kcore FILE]
-                    [--kallsyms]
+                    [--kallsyms] [--symbols] [--root DIR]
       Run as root inside a Linux guest. Writes a guest bundle (docs/contracts.md):
       the kernel's release and runtime `_text` (a `kernel` line: the host relocates
       that kernel's System.map by it), user processes (comm) with the CR3 of their
@@ -31,11 +31,17 @@ USAGE:
       --out defaults to `-` (stdout); --vm to the host name; --proc to /proc;
       --btf to /sys/kernel/btf/vmlinux; --kcore to PROC/kcore. --kallsyms also writes
       /proc/kallsyms as `ksym` lines (large: about 200,000 lines).
+      Each `map` line carries the mapped file's GNU build id (`buildid=`), so the host
+      picks the right copy of it. --symbols also writes each mapped object's function
+      symbols (`usym` lines, from .symtab, else .dynsym; at most 50,000 an object)
+      and loadable segments (`useg`), for objects the host has no copy of. Mapped
+      files are opened below --root (default `/`).
       Without root, kallsyms and module addresses read as 0 (a warning says so) and
       no CR3 can be read.
 
   guest-kit watch --out FILE [--vm NAME] [--interval-ms N] [--until-file PATH | --seconds S]
-                  [--ready FILE] [--proc DIR] [--btf FILE] [--kcore FILE]
+                  [--ready FILE] [--proc DIR] [--btf FILE] [--kcore FILE] [--symbols]
+                  [--root DIR]
       Run as root inside a Linux guest during a measurement. Reads the kernel symbols
       and structure offsets once, then every interval (default 100 ms) walks the task
       list through /proc/kcore, stamps the walk with the TSC (the host's under the
@@ -47,6 +53,8 @@ USAGE:
       processes still alive, at the end. Stops when PATH exists, after S seconds, or
       on SIGTERM, then writes the bundle (same format as `collect`) to FILE and one
       line of cost and counts to stderr. --ready FILE is created after the first walk.
+      Build ids and (--symbols) `usym`/`useg` lines as for `collect`, read once the
+      watch has stopped.
 
   guest-kit console FILE
       Writes FILE to stdout with each line prefixed `@gk ` (how a bundle crosses a
@@ -144,8 +152,8 @@ fn get<'a>(opts: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
 fn run_collect(args: &[String]) -> Result<(), Failure> {
     let (opts, positional) = options(
         args,
-        &["--out", "--vm", "--proc", "--btf", "--kcore"],
-        &["--kallsyms"],
+        &["--out", "--vm", "--proc", "--btf", "--kcore", "--root"],
+        &["--kallsyms", "--symbols"],
     )?;
     if let Some(extra) = positional.first() {
         return Err(Failure::Usage(format!("unexpected argument `{extra}`")));
@@ -161,6 +169,10 @@ fn run_collect(args: &[String]) -> Result<(), Failure> {
     }
     collect_opts.kcore = get(&opts, "--kcore").map(PathBuf::from);
     collect_opts.kallsyms = get(&opts, "--kallsyms").is_some();
+    collect_opts.symbols = get(&opts, "--symbols").is_some();
+    if let Some(root) = get(&opts, "--root") {
+        collect_opts.file_root = PathBuf::from(root);
+    }
     let collected = collect(&collect_opts).map_err(|e| Failure::Failed(e.to_string()))?;
     for warning in &collected.warnings {
         eprintln!("guest-kit: warning: {warning}");
@@ -313,8 +325,9 @@ fn run_watch(args: &[String]) -> Result<(), Failure> {
             "--proc",
             "--btf",
             "--kcore",
+            "--root",
         ],
-        &[],
+        &["--symbols"],
     )?;
     if let Some(extra) = positional.first() {
         return Err(Failure::Usage(format!("unexpected argument `{extra}`")));
@@ -355,6 +368,10 @@ fn run_watch(args: &[String]) -> Result<(), Failure> {
         collect_opts.btf = PathBuf::from(btf);
     }
     collect_opts.kcore = get(&opts, "--kcore").map(PathBuf::from);
+    collect_opts.symbols = get(&opts, "--symbols").is_some();
+    if let Some(root) = get(&opts, "--root") {
+        collect_opts.file_root = PathBuf::from(root);
+    }
     let watch_opts = WatchOptions {
         collect: collect_opts,
         interval,

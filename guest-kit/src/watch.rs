@@ -607,19 +607,28 @@ pub fn watch(opts: &WatchOptions, stop: &dyn Fn() -> bool) -> Result<Watched, Wa
                     end: *end,
                     offset: *offset,
                     path: path.clone(),
+                    build_id: None,
                 })
                 .collect::<Vec<_>>()
         })
         .collect();
+    let mut bundle = Bundle {
+        vm: opts.collect.vm.clone(),
+        procs,
+        maps,
+        kmaps: s.kmaps,
+        kernel: s.kernel,
+        ..Bundle::default()
+    };
+    // After the measurement: reading the files costs nothing during it.
+    crate::elf::annotate(
+        &mut bundle,
+        &opts.collect.file_root,
+        opts.collect.symbols,
+        &mut warnings,
+    );
     Ok(Watched {
-        bundle: Bundle {
-            vm: opts.collect.vm.clone(),
-            procs,
-            maps,
-            kmaps: s.kmaps,
-            ksyms: Vec::new(),
-            kernel: s.kernel,
-        },
+        bundle,
         warnings,
         stats,
     })
@@ -833,6 +842,7 @@ mod tests {
         let opts = WatchOptions {
             collect: collect::Options {
                 btf: root.join("btf"),
+                file_root: root.join("root"),
                 ..collect::Options::new(root, "vm1")
             },
             interval: Duration::from_millis(1),

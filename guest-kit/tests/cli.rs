@@ -89,6 +89,9 @@ fn collect_writes_a_bundle_with_cr3_and_kernel_line() {
         "v1",
         "--out",
         out_file.to_str().unwrap(),
+        // The guest's /bin/sh is not this machine's.
+        "--root",
+        dir.path().to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
