@@ -8,6 +8,7 @@ pub mod input;
 pub mod merge;
 pub mod procs;
 pub mod report;
+pub mod rundir;
 pub mod symbols;
 pub mod synth;
 

@@ -57,10 +57,10 @@ pub struct Options {
     pub vm: Option<String>,
     /// Also a section for this vCPU.
     pub vcpu: Option<u16>,
-    /// Only rows of this guest PID.
-    pub pid: Option<u32>,
-    /// Only rows of processes with this name.
-    pub comm: Option<String>,
+    /// Only rows of these guest PIDs (empty: all).
+    pub pid: Vec<u32>,
+    /// Only rows of processes with one of these names (empty: all).
+    pub comm: Vec<String>,
     /// Window start, seconds from the start of the log.
     pub from: Option<f64>,
     /// Window end, seconds from the start of the log.
@@ -69,6 +69,22 @@ pub struct Options {
     pub top: usize,
     /// Levels.
     pub level: Level,
+    /// Order of the rows shown (which rows are shown depends on their samples only).
+    pub sort: SortKey,
+    /// Hide rows under this percentage of their section's total (0 = none hidden).
+    pub percent_limit: f64,
+}
+
+/// Row order of `--sort`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum SortKey {
+    /// Most samples first (ties by function, then module).
+    #[default]
+    Samples,
+    /// By function name, then module.
+    Name,
+    /// By module, then most samples first, then function.
+    Module,
 }
 
 /// One share of a section's total (`OS`, `USER`, ...).
@@ -132,6 +148,8 @@ pub struct Section {
     pub rows: Vec<Row>,
     /// Rows left out by `--top`.
     pub rows_omitted: usize,
+    /// Rows left out by `--percent-limit` (under it).
+    pub rows_below_limit: usize,
 }
 
 /// Log facts in the report.
@@ -163,11 +181,40 @@ pub struct LogSummary {
     pub hv_build_id: Option<String>,
 }
 
+/// The `#` lines at the top of the text report (perf style), and `summary` in JSON.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    /// Samples decoded from the log (all, before the time window).
+    pub samples_read: u64,
+    /// Samples the hypervisor wrote, from the End record (`null` when it is missing).
+    pub samples_expected: Option<u64>,
+    /// Samples in the time window (`--from`/`--to`/`--time`).
+    pub samples_in_window: u64,
+    /// `LAPIC timer` or `PMU NMI (event 0x...)`; `unknown` without a header.
+    pub source: String,
+    /// Samples per second per pCPU (0 when unknown).
+    pub rate_hz: f64,
+    /// Seconds from the first to the last sample (`null` when the TSC rate is unknown).
+    pub time_span_s: Option<f64>,
+    /// pCPUs (from the header, else the sample streams seen).
+    pub pcpus: u64,
+    /// Frames missing at sequence gaps.
+    pub lost_frames: u64,
+    /// Sequence gaps.
+    pub sequence_gaps: u64,
+    /// Samples the hypervisor reported dropped.
+    pub dropped_samples: u64,
+    /// Warnings (the `warnings` list; on stderr with the text report).
+    pub warnings: usize,
+}
+
 /// The whole report (the JSON document).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
     /// Version of this JSON layout.
     pub report_version: u32,
+    /// The perf-style summary.
+    pub summary: Summary,
     /// Log facts.
     pub log: LogSummary,
     /// Host level (absent with `--level guest`).
@@ -199,6 +246,8 @@ struct Collect<'a> {
     agg: Option<Aggregator>,
     warnings: Vec<String>,
     vm_bundle: BTreeMap<u16, usize>,
+    /// First and last sample TSC seen (all samples, before the time window).
+    span: Option<(u64, u64)>,
 }
 
 impl Collect<'_> {
@@ -262,6 +311,14 @@ impl Sink for Collect<'_> {
     }
 
     fn samples(&mut self, _info: &LogInfo, run: &[Tagged]) {
+        let (lo, hi) = run
+            .iter()
+            .fold(self.span.unwrap_or((u64::MAX, 0)), |(lo, hi), t| {
+                (lo.min(t.sample.tsc), hi.max(t.sample.tsc))
+            });
+        if lo <= hi {
+            self.span = Some((lo, hi));
+        }
         if let Some(a) = self.agg.as_mut() {
             a.feed_tagged(run);
         }
@@ -607,13 +664,21 @@ impl GuestSyms<'_> {
     }
 }
 
-fn finish_rows(mut rows: Vec<Row>, top: usize) -> (Vec<Row>, usize) {
+/// Rows kept by `--percent-limit` and `--top` (chosen by samples), in `--sort` order;
+/// also how many `--top` and the limit left out.
+fn finish_rows(mut rows: Vec<Row>, opts: &Options) -> (Vec<Row>, usize, usize) {
     rows.sort_by(|a, b| {
         b.samples
             .cmp(&a.samples)
             .then_with(|| a.function.cmp(&b.function))
             .then_with(|| a.module.cmp(&b.module))
     });
+    let before = rows.len();
+    if opts.percent_limit > 0.0 {
+        rows.retain(|r| r.percent >= opts.percent_limit);
+    }
+    let below = before - rows.len();
+    let top = opts.top;
     let omitted = if top > 0 && rows.len() > top {
         rows.len() - top
     } else {
@@ -622,7 +687,21 @@ fn finish_rows(mut rows: Vec<Row>, top: usize) -> (Vec<Row>, usize) {
     if top > 0 {
         rows.truncate(top);
     }
-    (rows, omitted)
+    match opts.sort {
+        SortKey::Samples => {}
+        SortKey::Name => rows.sort_by(|a, b| {
+            a.function
+                .cmp(&b.function)
+                .then_with(|| a.module.cmp(&b.module))
+        }),
+        SortKey::Module => rows.sort_by(|a, b| {
+            a.module
+                .cmp(&b.module)
+                .then_with(|| b.samples.cmp(&a.samples))
+                .then_with(|| a.function.cmp(&b.function))
+        }),
+    }
+    (rows, omitted, below)
 }
 
 fn guest_section(
@@ -638,7 +717,7 @@ fn guest_section(
     let idle: u64 = parts.iter().map(|c| c.idle).sum();
     let steal: u64 = parts.iter().map(|c| c.steal()).sum();
     let total = os + user + idle + steal;
-    let filtering = opts.pid.is_some() || opts.comm.is_some();
+    let filtering = !opts.pid.is_empty() || !opts.comm.is_empty();
     let keep = |k: &GuestKey| -> bool {
         if !filtering {
             return true;
@@ -649,7 +728,8 @@ fn guest_section(
         let Some(p) = syms.bundle.and_then(|b| b.procs.get(i as usize)) else {
             return false;
         };
-        opts.pid.is_none_or(|pid| p.pid == pid) && opts.comm.as_ref().is_none_or(|c| &p.comm == c)
+        (opts.pid.is_empty() || opts.pid.contains(&p.pid))
+            && (opts.comm.is_empty() || opts.comm.contains(&p.comm))
     };
     let mut acc: BTreeMap<(String, String, RowKind), u64> = BTreeMap::new();
     for c in parts {
@@ -686,7 +766,7 @@ fn guest_section(
             kind,
         })
         .collect();
-    let (rows, rows_omitted) = finish_rows(rows, opts.top);
+    let (rows, rows_omitted, rows_below_limit) = finish_rows(rows, opts);
     let share = |name, samples| Share {
         name,
         samples,
@@ -706,6 +786,7 @@ fn guest_section(
         ],
         rows,
         rows_omitted,
+        rows_below_limit,
     }
 }
 
@@ -842,6 +923,7 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
         agg: None,
         warnings: Vec::new(),
         vm_bundle: BTreeMap::new(),
+        span: None,
     };
     let info = input::read_log(&opts.log, &mut collect)?;
     warnings.extend(input::log_notes(&opts.log, &info));
@@ -917,7 +999,7 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
                 kind,
             })
             .collect();
-        let (rows, rows_omitted) = finish_rows(rows, opts.top);
+        let (rows, rows_omitted, rows_below_limit) = finish_rows(rows, opts);
         let vm: u64 = h.per_vm.iter().sum();
         Section {
             level: "host",
@@ -932,6 +1014,7 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
             ],
             rows,
             rows_omitted,
+            rows_below_limit,
         }
     });
 
@@ -990,8 +1073,42 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
     }
 
     let s = &info.stats;
+    let header = info.header.as_ref();
+    let summary = Summary {
+        samples_read: s.samples(),
+        samples_expected: info.end.as_ref().map(|e| e.samples_total),
+        samples_in_window: agg.host.total,
+        source: header.map_or_else(
+            || "unknown".to_string(),
+            |h| match h.source {
+                vmlog::SamplingSource::LapicTimer => "LAPIC timer".to_string(),
+                vmlog::SamplingSource::PmuNmi { event } => format!("PMU NMI (event {event:#x})"),
+            },
+        ),
+        rate_hz: header
+            .filter(|h| h.period_tsc > 0)
+            .map_or(0.0, |h| h.tsc_hz as f64 / h.period_tsc as f64),
+        time_span_s: match (collect.span, header) {
+            (Some((lo, hi)), Some(h)) if h.tsc_hz > 0 => Some((hi - lo) as f64 / h.tsc_hz as f64),
+            _ => None,
+        },
+        pcpus: header.map_or_else(
+            || {
+                s.streams
+                    .keys()
+                    .filter(|k| **k != vmlog::GLOBAL_STREAM)
+                    .count() as u64
+            },
+            |h| u64::from(h.pcpus),
+        ),
+        lost_frames: s.streams.values().map(|st| st.missing_frames).sum(),
+        sequence_gaps: s.gaps(),
+        dropped_samples: s.dropped(),
+        warnings: warnings.len(),
+    };
     Ok(Report {
         report_version: 1,
+        summary,
         log: LogSummary {
             path: shown.to_string(),
             bytes: info.file_bytes,
@@ -1010,6 +1127,25 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
         guests,
         warnings,
     })
+}
+
+/// Widest Function column of the text report, in characters; longer names are cut in
+/// the middle with `…` (the JSON report has them whole).
+pub const FUNCTION_WIDTH: usize = 60;
+
+/// `name` cut to at most `width` characters: its start, `…`, and its end (the end of a
+/// Rust or C++ symbol is the function's own name).
+pub fn fit(name: &str, width: usize) -> std::borrow::Cow<'_, str> {
+    let n = name.chars().count();
+    if n <= width || width < 3 {
+        return name.into();
+    }
+    let tail = (width - 1) / 2;
+    let head = width - 1 - tail;
+    let mut out: String = name.chars().take(head).collect();
+    out.push('…');
+    out.extend(name.chars().skip(n - tail));
+    out.into()
 }
 
 fn section_text(out: &mut String, title: &str, s: &Section) {
@@ -1031,10 +1167,10 @@ fn section_text(out: &mut String, title: &str, s: &Section) {
     let w = s
         .rows
         .iter()
-        .map(|r| r.function.len())
+        .map(|r| r.function.chars().count())
         .max()
         .unwrap_or(0)
-        .max(20);
+        .clamp(20, FUNCTION_WIDTH);
     let _ = writeln!(
         out,
         "{:>8}  {:>6}  {:<w$}  Module",
@@ -1044,7 +1180,17 @@ fn section_text(out: &mut String, title: &str, s: &Section) {
         let _ = writeln!(
             out,
             "{:>8}  {:>6.2}  {:<w$}  {}",
-            r.samples, r.percent, r.function, r.module
+            r.samples,
+            r.percent,
+            fit(&r.function, w),
+            r.module
+        );
+    }
+    if s.rows_below_limit > 0 {
+        let _ = writeln!(
+            out,
+            "({} rows under --percent-limit not shown)",
+            s.rows_below_limit
         );
     }
     if s.rows_omitted > 0 {
@@ -1052,16 +1198,55 @@ fn section_text(out: &mut String, title: &str, s: &Section) {
     }
 }
 
-/// Renders the report as text tables.
-pub fn to_text(r: &Report) -> String {
+/// The `#` summary lines of the text report (ending with a lone `#`).
+pub fn summary_text(s: &Summary) -> String {
+    use std::fmt::Write;
     let mut out = String::new();
+    let expected = match s.samples_expected {
+        Some(n) if n == s.samples_read => format!("{n} expected (end record)"),
+        Some(n) => format!(
+            "{n} expected (end record): {} lost",
+            n.saturating_sub(s.samples_read)
+        ),
+        None => "expected unknown (no end record: truncated log)".to_string(),
+    };
+    let _ = write!(out, "# Samples: {} read, {expected}", s.samples_read);
+    if s.samples_in_window != s.samples_read {
+        let _ = write!(out, "; {} in the time window", s.samples_in_window);
+    }
+    out.push('\n');
+    if s.rate_hz > 0.0 {
+        let _ = writeln!(out, "# Source: {}, {:.1} Hz per pCPU", s.source, s.rate_hz);
+    } else {
+        let _ = writeln!(out, "# Source: {}, rate unknown", s.source);
+    }
+    let span = s
+        .time_span_s
+        .map_or_else(|| "unknown".to_string(), |t| format!("{t:.3} s"));
+    let _ = writeln!(out, "# Time span: {span}, pCPUs: {}", s.pcpus);
+    let _ = writeln!(
+        out,
+        "# Lost: {} frames ({} sequence gaps), {} samples dropped",
+        s.lost_frames, s.sequence_gaps, s.dropped_samples
+    );
+    let _ = writeln!(out, "# Warnings: {}", s.warnings);
+    out.push_str("#\n");
+    out
+}
+
+/// Renders the report as text: the `#` summary lines, then the tables.
+pub fn to_text(r: &Report) -> String {
+    let mut out = summary_text(&r.summary);
+    let mut first = true;
     if let Some(h) = &r.host {
         section_text(&mut out, "Host level", h);
+        first = false;
     }
     for g in &r.guests {
-        if !out.is_empty() {
+        if !first {
             out.push('\n');
         }
+        first = false;
         let name = g.vm.as_deref().unwrap_or("?");
         let id = g.vm_id.unwrap_or(0);
         let title = match g.vcpu {

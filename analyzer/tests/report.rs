@@ -66,6 +66,16 @@ fn log(vms: &[VmInfo<'_>], pcpus: &[Vec<Sample>]) -> Vec<u8> {
     w.into_bytes()
 }
 
+/// The tables of the text report: what follows its `#` summary lines (which must
+/// come first, as `report::summary_text` renders them).
+fn tables(r: &report::Report) -> String {
+    let text = report::to_text(r);
+    let head = report::summary_text(&r.summary);
+    text.strip_prefix(head.as_str())
+        .unwrap_or_else(|| panic!("no summary lines first:\n{text}"))
+        .to_string()
+}
+
 fn opts(log: PathBuf) -> Options {
     Options {
         log,
@@ -148,6 +158,12 @@ fn host_and_guest_tables_of_a_known_split() {
     assert_eq!(
         text,
         "\
+# Samples: 100 read, 100 expected (end record)
+# Source: LAPIC timer, 1000.0 Hz per pCPU
+# Time span: 0.099 s, pCPUs: 1
+# Lost: 0 frames (0 sequence gaps), 0 samples dropped
+# Warnings: 0
+#
 == Host level ==
 Total samples:100   OS:USER:VM = 20.00%:0.00%:80.00%
  Samples  %Ratio  Function              Module
@@ -226,7 +242,7 @@ fn steal_on_sibling_vcpu_vs_outside() {
     let mut o = opts(put(&d, "s.vmlog", &log(&vms, &[s])));
     o.level = Level::Guest;
     o.vcpu = Some(0);
-    let text = report::to_text(&report::build(&o).unwrap());
+    let text = tables(&report::build(&o).unwrap());
     assert_eq!(
         text,
         "\
@@ -291,7 +307,7 @@ fn blank_gaps_are_idle_after_hlt_and_steal_otherwise() {
     ));
     let mut o = opts(put(&d, "g.vmlog", &log(&[vm(0, "g", 1)], &[s])));
     o.level = Level::Guest;
-    let text = report::to_text(&report::build(&o).unwrap());
+    let text = tables(&report::build(&o).unwrap());
     assert_eq!(
         text,
         "\
@@ -311,9 +327,10 @@ Total samples:27   OS:USER:IDLE:steal = 0.00%:44.44%:37.04%:18.52%
 /// time; samples of that key outside both intervals, and of a key no line names, are
 /// `[unknown process cr3=...]`; every process's functions are named through its own
 /// `map` lines.
-#[test]
-fn cr3_reuse_and_two_processes_of_one_program() {
-    let d = dir("procs");
+/// VM `p`: pid 7 and pid 9 of `workload`, then `spinner` (pid 12) on pid 7's CR3 key,
+/// and keys no `proc` line holds at their time (84 samples, guest level).
+fn scenario_procs(d: &std::path::Path) -> Options {
+    let d = d.to_path_buf();
     let ext = ExitReason::EXTERNAL_INTERRUPT;
     let (w7, w9, spin) = (0x5555_0000_0000u64, 0x5566_0000_0000u64, 0x40_0000u64);
     let mut s = Vec::new();
@@ -373,10 +390,17 @@ fn cr3_reuse_and_two_processes_of_one_program() {
         "spinner",
         &elf(spin, false, &funcs("spin_fast", "spin_slow")),
     ));
+    o
+}
+
+#[test]
+fn cr3_reuse_and_two_processes_of_one_program() {
+    let d = dir("procs");
+    let mut o = scenario_procs(&d);
     let r = report::build(&o).unwrap();
     assert_eq!(r.warnings, Vec::<String>::new());
     assert_eq!(
-        report::to_text(&r),
+        tables(&r),
         "\
 == Guest level: p (VM0) ==
 Total samples:84   OS:USER:IDLE:steal = 0.00%:100.00%:0.00%:0.00%
@@ -392,7 +416,7 @@ Total samples:84   OS:USER:IDLE:steal = 0.00%:100.00%:0.00%:0.00%
 "
     );
     // --pid keeps one process's rows, percentages of the whole vCPU.
-    o.pid = Some(9);
+    o.pid = vec![9];
     let r = report::build(&o).unwrap();
     let rows: Vec<(u64, f64, &str, &str)> = r.guests[0]
         .rows
@@ -407,12 +431,12 @@ Total samples:84   OS:USER:IDLE:steal = 0.00%:100.00%:0.00%:0.00%
         ]
     );
     // --comm keeps both instances of the program.
-    o.pid = None;
-    o.comm = Some("workload".into());
+    o.pid.clear();
+    o.comm = vec!["workload".into()];
     let r = report::build(&o).unwrap();
     assert_eq!(r.guests[0].rows.len(), 4);
     // --from/--to: only slots 65-80 (seconds after START at 1 MHz): the spinner.
-    o.comm = None;
+    o.comm.clear();
     o.from = Some(0.0645);
     o.to = Some(0.0805);
     let r = report::build(&o).unwrap();
@@ -509,7 +533,21 @@ fn damaged_log_and_missing_symbols_still_report() {
         "host",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("== Host level ==\nTotal samples:"), "{out}");
+    // The summary lines say what was lost: no end record, one sequence gap.
+    assert!(
+        out.starts_with(
+            "\
+# Samples: 1745 read, expected unknown (no end record: truncated log)
+# Source: LAPIC timer, 1000.0 Hz per pCPU
+# Time span: 1.999 s, pCPUs: 1
+# Lost: 1 frames (1 sequence gaps), 0 samples dropped
+# Warnings: 5
+#
+== Host level ==
+Total samples:"
+        ),
+        "{out}"
+    );
     let lines: Vec<&str> = err.lines().collect();
     assert!(lines.contains(&"analyzer: warning: --elf /nonexistent/prog: cannot read: No such file or directory (os error 2)"), "{err}");
     assert!(
@@ -606,9 +644,22 @@ fn help_teaches() {
         "--format <FORMAT>",
         "--kernel-map <FILE>",
         "--kernel-release <RELEASE>",
+        "<LOG|DIR>",
+        "manifest.txt",
+        "--pid 100,101",
+        "--comm nginx,'[kernel]'",
+        "--sort module",
+        "--percent-limit 0.5",
+        "--time 2.5,7",
+        "build/run/samples.vmlog",
     ] {
         assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
     }
+    assert!(!out.contains("target/run"), "{out}");
+    let (code, out, _) = analyzer(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("analyzer report build/run "), "{out}");
+    assert!(!out.contains("target/run"), "{out}");
 }
 
 #[test]
@@ -646,7 +697,7 @@ fn kallsyms_file_comm_filter_and_top() {
         .unwrap();
     assert_eq!((k.samples, k.module.as_str()), (10, "kmod"));
     // --comm keeps the process's user and kernel rows only.
-    o.comm = Some("prog".into());
+    o.comm = vec!["prog".into()];
     let r = report::build(&o).unwrap();
     let rows: Vec<(&str, u64)> = r.guests[0]
         .rows
@@ -655,7 +706,7 @@ fn kallsyms_file_comm_filter_and_top() {
         .collect();
     assert_eq!(rows, [("alpha", 50), ("beta", 20), ("entry_syscall", 10)]);
     assert_eq!(r.guests[0].total, 100);
-    o.comm = Some("nobody".into());
+    o.comm = vec!["nobody".into()];
     assert!(report::build(&o).unwrap().guests[0].rows.is_empty());
 }
 
@@ -719,7 +770,7 @@ fn kernel_map_is_relocated_by_the_bundles_text_and_cr3s_are_masked() {
     let r = report::build(&o).unwrap();
     assert_eq!(r.warnings, Vec::<String>::new());
     assert_eq!(
-        report::to_text(&r),
+        tables(&r),
         "\
 == Guest level: deb (VM0) ==
 Total samples:100   OS:USER:IDLE:steal = 60.00%:40.00%:0.00%:0.00%
@@ -732,7 +783,7 @@ Total samples:100   OS:USER:IDLE:steal = 60.00%:40.00%:0.00%:0.00%
 "
     );
     // Kernel samples under pid 100's CR3 (kernel half, kernel PCID) are pid 100's.
-    o.pid = Some(100);
+    o.pid = vec![100];
     let rows = |o: &Options| -> Vec<(String, u64)> {
         report::build(o).unwrap().guests[0]
             .rows
@@ -749,11 +800,11 @@ Total samples:100   OS:USER:IDLE:steal = 60.00%:40.00%:0.00%:0.00%
         ]
     );
     // pid 200's raw CR3 has bit 12 set: K2|0x1000 must not be read as another root.
-    o.pid = Some(200);
+    o.pid = vec![200];
     assert_eq!(rows(&o), [("beta".to_string(), 10)]);
     // Kernel threads run on init_mm: the `proc 0 [kernel]` line.
-    o.pid = None;
-    o.comm = Some("[kernel]".into());
+    o.pid.clear();
+    o.comm = vec!["[kernel]".into()];
     assert_eq!(rows(&o), [("schedule".to_string(), 20)]);
 }
 
@@ -947,7 +998,7 @@ fn a_vcpu_migrating_between_pcpus_is_idle_after_hlt_else_steal() {
     // Without the merge, pCPU 0's slots 21-40 (after the vCPU had left) were
     // charged to it as well: 30 idle instead of 10.
     assert_eq!(
-        report::to_text(&r),
+        tables(&r),
         "\
 == Guest level: m (VM0) ==
 Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:25.00%:0.00%
@@ -959,7 +1010,7 @@ Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:25.00%:0.00%
     let d = dir("migrate-steal");
     let r = report::build(&migrating(&d, ExitReason::EXTERNAL_INTERRUPT)).unwrap();
     assert_eq!(
-        report::to_text(&r),
+        tables(&r),
         "\
 == Guest level: m (VM0) ==
 Total samples:40   OS:USER:IDLE:steal = 0.00%:75.00%:0.00%:25.00%
@@ -1003,7 +1054,7 @@ fn steal_on_a_sibling_that_held_the_pcpu_before_the_vcpu_migrated() {
     // vCPU 1's blank slots after its last sample are left out (it may have
     // stopped); vCPU 0's 10 blank slots are steal on vCPU 1, not 30.
     assert_eq!(
-        report::to_text(&r),
+        tables(&r),
         "\
 == Guest level: duo (VM0) ==
 Total samples:50   OS:USER:IDLE:steal = 0.00%:80.00%:0.00%:20.00%
@@ -1279,7 +1330,7 @@ fn the_elf_with_the_guests_build_id_wins_over_a_namesake() {
     );
     let r = report::build(&o).unwrap();
     assert_eq!(r.warnings, Vec::<String>::new());
-    assert_eq!(report::to_text(&r), GUEST_ROWS_A);
+    assert_eq!(tables(&r), GUEST_ROWS_A);
     // Without a build id in the bundle the file name decides as before: the last one.
     let o = scenario_a_build_ids(
         &d,
@@ -1328,7 +1379,7 @@ fn functions_are_named_from_the_bundles_usym_lines_without_an_elf() {
     let o = scenario_a_build_ids(&d, &bundle_a_v3("b0b0b0b0", USYMS_A), &[]);
     let r = report::build(&o).unwrap();
     assert_eq!(r.warnings, Vec::<String>::new());
-    assert_eq!(report::to_text(&r), GUEST_ROWS_A);
+    assert_eq!(tables(&r), GUEST_ROWS_A);
     // Through the binary, and with a wrong `--elf` namesake: refused, usym lines used.
     let o = scenario_a_build_ids(
         &d,
@@ -1346,12 +1397,356 @@ fn functions_are_named_from_the_bundles_usym_lines_without_an_elf() {
         o.elfs[0].to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, GUEST_ROWS_A);
+    // The summary counts the warning printed on stderr.
+    assert_eq!(
+        out,
+        format!(
+            "\
+# Samples: 100 read, 100 expected (end record)
+# Source: LAPIC timer, 1000.0 Hz per pCPU
+# Time span: 0.099 s, pCPUs: 1
+# Lost: 0 frames (0 sequence gaps), 0 samples dropped
+# Warnings: 1
+#
+{GUEST_ROWS_A}"
+        )
+    );
     assert_eq!(
         err,
         format!(
             "analyzer: warning: --elf {}: build id a0a0a0a0 differs from the guest's /usr/bin/prog (build id b0b0b0b0): not used for it\n",
             d.join("wrong/prog").display()
         )
+    );
+}
+
+/// Guest-level table rows as (samples, function, module).
+fn rows_of(s: &report::Section) -> Vec<(u64, &str, &str)> {
+    s.rows
+        .iter()
+        .map(|r| (r.samples, r.function.as_str(), r.module.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_run_directory_gives_the_same_report_as_the_explicit_paths() {
+    let d = dir("rundir");
+    let o = scenario_a(&d);
+    let explicit = analyzer(&[
+        "report",
+        o.log.to_str().unwrap(),
+        "--bundle",
+        o.bundles[0].to_str().unwrap(),
+        "--elf",
+        o.elfs[0].to_str().unwrap(),
+        "--hv-elf",
+        o.hv_elf.as_ref().unwrap().to_str().unwrap(),
+    ]);
+    assert_eq!(explicit.0, 0, "{}", explicit.2);
+    // As `cargo xtask run` writes it (absolute paths), with unknown keys, a relative
+    // path, and an absolute path of another machine whose file is in the directory.
+    let manifest = format!(
+        "scenario=golden\ncmdline=hv vm=web\niso=/lab/build/boot.iso\n\
+         hypervisor_elf=/lab/build/run/hypervisor.elf\nconsole={}\nlog={}\n\
+         bundle.web=web.bundle\nbundle_source.web=channel\nelf.web={}\n",
+        d.join("console.txt").display(),
+        o.log.display(),
+        o.elfs[0].display()
+    );
+    put(&d, "manifest.txt", manifest.as_bytes());
+    let from_dir = analyzer(&["report", d.to_str().unwrap()]);
+    assert_eq!(from_dir, explicit);
+    assert!(from_dir.1.contains("alpha                 prog(100)"));
+    assert!(from_dir.1.contains("handle_wrmsr          hypervisor"));
+    // Explicit options still override the manifest: another hypervisor ELF.
+    let other = put(
+        &d,
+        "other-hv.elf",
+        &elf(
+            HV_BASE,
+            false,
+            &[("other_idle", 0, 0x80), ("other_wrmsr", 0x80, 0x80)],
+        ),
+    );
+    let (code, out, err) = analyzer(&[
+        "report",
+        d.to_str().unwrap(),
+        "--hv-elf",
+        other.to_str().unwrap(),
+        "--level",
+        "host",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("other_wrmsr"), "{out}");
+    assert!(!out.contains("handle_wrmsr"), "{out}");
+    // A --bundle for VM `web` replaces the manifest's bundle of `web`.
+    let renamed = BUNDLE_A
+        .replace("proc 100 ", "proc 555 ")
+        .replace("map 100 ", "map 555 ");
+    let b = put(&d, "other.bundle", renamed.as_bytes());
+    let (code, out, err) = analyzer(&[
+        "report",
+        d.to_str().unwrap(),
+        "--bundle",
+        b.to_str().unwrap(),
+        "--level",
+        "guest",
+    ]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(out.contains("alpha                 prog(555)"), "{out}");
+    // The same through the library: the manifest's relative paths resolved.
+    let m = analyzer::rundir::Manifest::load(&d).unwrap();
+    assert_eq!(m.log, o.log);
+    assert_eq!(m.bundles["web"], d.join("web.bundle"));
+    assert_eq!(m.hypervisor_elf, Some(d.join("hypervisor.elf")));
+    assert_eq!(m.elfs, o.elfs);
+    // A directory without a manifest: one line.
+    let empty = dir("rundir-empty");
+    let (code, out, err) = analyzer(&["report", empty.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        format!(
+            "analyzer: error: {}: a directory without manifest.txt (`cargo xtask run` writes one); give the sample log instead, e.g. {}\n",
+            empty.display(),
+            empty.join("samples.vmlog").display()
+        )
+    );
+}
+
+#[test]
+fn a_manifest_names_the_system_map_and_kernel_release() {
+    let d = PathBuf::from("/run/x");
+    let m = analyzer::rundir::Manifest::parse(
+        &d,
+        "log=samples.vmlog\nsystem_map=/nonexistent/boot/System.map-6.1\nkernel_release=6.1\n\
+         elf.vmlinux=/nonexistent/vmlinux\nelf.truth=./truth.elf\nnot a line\n",
+    );
+    assert_eq!(m.log, d.join("samples.vmlog"));
+    assert_eq!(
+        m.system_map,
+        Some(PathBuf::from("/nonexistent/boot/System.map-6.1"))
+    );
+    assert_eq!(m.kernel_release.as_deref(), Some("6.1"));
+    assert_eq!(
+        m.elfs,
+        [PathBuf::from("/nonexistent/vmlinux"), d.join("./truth.elf")]
+    );
+    let mut o = Options::default();
+    analyzer::cli::apply_manifest(&mut o, m.clone());
+    assert_eq!(o.kernel_map, m.system_map);
+    assert_eq!(o.kernel_release.as_deref(), Some("6.1"));
+    // An explicit --kernel-map keeps its own release (from its file name).
+    let mut o = Options {
+        kernel_map: Some(PathBuf::from("System.map-6.2")),
+        ..Options::default()
+    };
+    analyzer::cli::apply_manifest(&mut o, m);
+    assert_eq!(o.kernel_map, Some(PathBuf::from("System.map-6.2")));
+    assert_eq!(o.kernel_release, None);
+}
+
+#[test]
+fn summary_lines_and_json_summary() {
+    let d = dir("summary");
+    let mut o = scenario_a(&d);
+    o.from = Some(0.0505);
+    let r = report::build(&o).unwrap();
+    assert_eq!(
+        report::summary_text(&r.summary),
+        "\
+# Samples: 100 read, 100 expected (end record); 50 in the time window
+# Source: LAPIC timer, 1000.0 Hz per pCPU
+# Time span: 0.099 s, pCPUs: 1
+# Lost: 0 frames (0 sequence gaps), 0 samples dropped
+# Warnings: 0
+#
+"
+    );
+    let v: serde_json::Value = serde_json::from_str(&report::to_json(&r)).unwrap();
+    assert_eq!(
+        v["summary"],
+        serde_json::json!({
+            "samples_read": 100, "samples_expected": 100, "samples_in_window": 50,
+            "source": "LAPIC timer", "rate_hz": 1000.0, "time_span_s": 0.099,
+            "pcpus": 1, "lost_frames": 0, "sequence_gaps": 0, "dropped_samples": 0,
+            "warnings": 0
+        })
+    );
+    // A log without its End record: nothing to compare with.
+    let mut w2 = writer(&[vm(0, "web", 1)], &[vec![]]);
+    w2.samples(0, PERIOD, &samples_a(100)).unwrap();
+    let mut o2 = opts(put(&d, "short.vmlog", &w2.into_bytes()));
+    o2.level = Level::Host;
+    let r = report::build(&o2).unwrap();
+    assert_eq!(r.summary.samples_expected, None);
+    assert!(
+        report::to_text(&r)
+            .starts_with("# Samples: 100 read, expected unknown (no end record: truncated log)\n"),
+        "{}",
+        report::to_text(&r)
+    );
+    assert_eq!(r.summary.warnings, r.warnings.len());
+    assert_eq!(r.summary.warnings, 1);
+}
+
+#[test]
+fn long_function_names_are_cut_in_the_text_and_whole_in_json() {
+    assert_eq!(report::fit("short", 60), "short");
+    let long = format!("{}_tail", "x".repeat(70));
+    let cut = report::fit(&long, 20);
+    assert_eq!(cut, "xxxxxxxxxx…xxxx_tail");
+    assert_eq!(cut.chars().count(), 20);
+    let d = dir("longnames");
+    let name =
+        "core::ptr::drop_in_place<alloc::vec::Vec<alloc::string::String>>::h0123456789abcdef";
+    let mut o = scenario_a(&d);
+    o.elfs = vec![put(
+        &d,
+        "prog",
+        &elf(0, true, &[(name, 0, 0x100), ("beta", 0x100, 0x100)]),
+    )];
+    o.level = Level::Guest;
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.guests[0].rows[0].function, name);
+    let v: serde_json::Value = serde_json::from_str(&report::to_json(&r)).unwrap();
+    assert_eq!(v["guests"][0]["rows"][0]["function"], name);
+    assert_eq!(
+        tables(&r),
+        "\
+== Guest level: web (VM0) ==
+Total samples:100   OS:USER:IDLE:steal = 10.00%:70.00%:10.00%:10.00%
+ Samples  %Ratio  Function                                                      Module
+      50   50.00  core::ptr::drop_in_place<alloc…::String>>::h0123456789abcdef  prog(100)
+      20   20.00  beta                                                          prog(100)
+      10   10.00  [idle]                                                        (halt_exit)
+      10   10.00  [steal]                                                       (outside)
+      10   10.00  do_syscall                                                    vmlinux
+"
+    );
+}
+
+#[test]
+fn sort_percent_limit_pid_comm_lists_and_time_through_the_binary() {
+    let d = dir("perfopts");
+    let o = scenario_procs(&d);
+    let base: Vec<String> = [
+        "report".to_string(),
+        o.log.display().to_string(),
+        "--bundle".into(),
+        o.bundles[0].display().to_string(),
+        "--elf".into(),
+        o.elfs[0].display().to_string(),
+        "--elf".into(),
+        o.elfs[1].display().to_string(),
+        "--level".into(),
+        "guest".into(),
+        "--format".into(),
+        "json".into(),
+    ]
+    .into();
+    let run = |extra: &[&str]| -> report::Section {
+        let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let (code, out, err) = analyzer(&args);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let g = &v["guests"][0];
+        report::Section {
+            level: "guest",
+            vm: None,
+            vm_id: None,
+            vcpu: None,
+            total: g["total"].as_u64().unwrap(),
+            shares: vec![],
+            rows: g["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| report::Row {
+                    samples: r["samples"].as_u64().unwrap(),
+                    percent: r["percent"].as_f64().unwrap(),
+                    function: r["function"].as_str().unwrap().to_string(),
+                    module: r["module"].as_str().unwrap().to_string(),
+                    kind: report::RowKind::Function,
+                })
+                .collect(),
+            rows_omitted: g["rows_omitted"].as_u64().unwrap() as usize,
+            rows_below_limit: g["rows_below_limit"].as_u64().unwrap() as usize,
+        }
+    };
+    // --pid with a list: pid 9 and pid 12, percentages of the whole vCPU.
+    let s = run(&["--pid", "9,12"]);
+    assert_eq!(
+        rows_of(&s),
+        [
+            (15, "hot_alpha", "workload(9)"),
+            (15, "hot_beta", "workload(9)"),
+            (12, "spin_fast", "spinner(12)"),
+            (4, "spin_slow", "spinner(12)"),
+        ]
+    );
+    assert_eq!(s.total, 84);
+    // Repeated --pid is the same list.
+    assert_eq!(rows_of(&run(&["--pid", "9", "--pid", "12"])), rows_of(&s));
+    // --comm with a list, and --comm with --pid: both must match.
+    assert_eq!(run(&["--comm", "workload,spinner"]).rows.len(), 6);
+    assert_eq!(
+        rows_of(&run(&["--comm", "spinner,nobody", "--pid", "7,12"])),
+        [
+            (12, "spin_fast", "spinner(12)"),
+            (4, "spin_slow", "spinner(12)")
+        ]
+    );
+    // --percent-limit hides rows under P % (7.14 and 4.76 and 2.38 here).
+    let s = run(&["--percent-limit", "10"]);
+    assert_eq!(s.rows.len(), 5);
+    assert_eq!(s.rows_below_limit, 3);
+    assert!(s.rows.iter().all(|r| r.percent >= 10.0));
+    // --sort name / module reorder the rows shown; --top still picks by samples.
+    assert_eq!(
+        rows_of(&run(&["--sort", "name", "--top", "3"])),
+        [
+            (15, "hot_alpha", "workload(7)"),
+            (15, "hot_alpha", "workload(9)"),
+            (15, "hot_beta", "workload(7)"),
+        ]
+    );
+    assert_eq!(
+        rows_of(&run(&["--sort", "module", "--percent-limit", "5"])),
+        [
+            (6, "[unknown]", "[unknown process cr3=0x10000]"),
+            (12, "spin_fast", "spinner(12)"),
+            (15, "hot_alpha", "workload(7)"),
+            (15, "hot_beta", "workload(7)"),
+            (15, "hot_alpha", "workload(9)"),
+            (15, "hot_beta", "workload(9)"),
+        ]
+    );
+    // --time START,END is --from START --to END; either side may be left out.
+    let s = run(&["--time", "0.0645,0.0805"]);
+    assert_eq!(s.total, 16);
+    assert_eq!(
+        rows_of(&s),
+        rows_of(&run(&["--from", "0.0645", "--to", "0.0805"]))
+    );
+    assert_eq!(run(&["--time", ",0.0805"]).total, 80);
+    assert_eq!(run(&["--time", "0.0645,"]).total, 20);
+    // Bad values: clap's one-line complaint, exit status 2.
+    let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--time", "3"]);
+    let (code, _, err) = analyzer(&args);
+    assert_eq!(code, 2);
+    assert!(err.contains("expected START,END in seconds"), "{err}");
+    args.truncate(base.len());
+    args.extend_from_slice(&["--time", "1,2", "--from", "1"]);
+    assert_eq!(analyzer(&args).0, 2);
+    // The text view says how many rows the limit hid.
+    args.truncate(base.len() - 2);
+    args.extend_from_slice(&["--percent-limit", "10"]);
+    let (_, out, _) = analyzer(&args);
+    assert!(
+        out.ends_with("(3 rows under --percent-limit not shown)\n"),
+        "{out}"
     );
 }

@@ -100,7 +100,7 @@ fn analyze(opts: &Options) {
     let wall = t.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let n = r.log.samples;
-    println!("{}", text.lines().take(8).collect::<Vec<_>>().join("\n"));
+    println!("{}", text.lines().take(14).collect::<Vec<_>>().join("\n"));
     println!(
         "bench: analyzer report: {n} samples in {wall:.2} s wall, {cpu:.2} s CPU = {:.1} M samples/s; peak RSS {} MiB",
         n as f64 / wall / 1e6,
