@@ -19,6 +19,8 @@ use crate::rundir::{self, Manifest};
     analyzer report samples.vmlog --bundle web.bundle --kernel-map System.map-6.1.0-57-amd64\n  \
     analyzer report build/run --level guest --vm web --vcpu 1 --top 10\n  \
     analyzer report build/run --pid 100,101 --sort module --percent-limit 1 --time 2.5,7\n  \
+    analyzer report build/run --format collapsed > run.folded\n  \
+    analyzer report build/run --format flamegraph --output flame.svg\n  \
     analyzer check build/run/samples.vmlog")]
 pub struct Cli {
     /// What to do.
@@ -157,9 +159,19 @@ pub struct ReportArgs {
     /// (a note under the table counts them).
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     pub percent_limit: f64,
-    /// Output format.
+    /// Output format: `text` (the tables), `json`, `collapsed` (Brendan Gregg's
+    /// collapsed stacks, one `frame;frame;frame COUNT` line per distinct stack, root
+    /// first: `VM;process;function`, `VM;[idle]`, `VM;[steal]` and
+    /// `hypervisor;function`; every sample, not only the --top rows; a `;` inside a
+    /// name becomes `:`, since `;` separates frames) or `flamegraph` (an SVG of those
+    /// stacks, drawn by the inferno crate). --vm, --pid, --comm, --time and --level
+    /// select the samples of collapsed stacks and flame graphs too.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Write the output to FILE instead of stdout, e.g.
+    /// `--format flamegraph --output flame.svg`.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Which tables.
     #[arg(long, value_enum, default_value_t = Level::Both)]
     pub level: Level,
@@ -237,13 +249,23 @@ pub fn run(cli: Cli) -> Result<(String, Vec<String>), crate::Fatal> {
         Command::Check { log } => crate::check::run(&log).map(|s| (s, Vec::new())),
         Command::Report(a) => {
             let format = a.format;
+            let output = a.output.clone();
             let opts = report_options(*a)?;
             let r = report::build(&opts)?;
             let text = match format {
                 Format::Text => report::to_text(&r),
                 Format::Json => report::to_json(&r) + "\n",
+                Format::Collapsed => report::to_collapsed(&r),
+                Format::Flamegraph => report::to_flamegraph(&r)?,
             };
-            Ok((text, r.warnings))
+            match output {
+                None => Ok((text, r.warnings)),
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .map_err(|e| crate::Fatal(format!("--output {}: {e}", path.display())))?;
+                    Ok((String::new(), r.warnings))
+                }
+            }
         }
     }
 }

@@ -34,6 +34,11 @@ pub enum Format {
     Text,
     /// Stable JSON (see analyzer/README.md).
     Json,
+    /// Brendan Gregg's collapsed stacks, `VM;process;function COUNT` per line
+    /// (`hypervisor;function COUNT` for hypervisor samples).
+    Collapsed,
+    /// A flame graph SVG of the collapsed stacks (`inferno`).
+    Flamegraph,
 }
 
 /// Options of `analyzer report`.
@@ -223,6 +228,10 @@ pub struct Report {
     pub guests: Vec<Section>,
     /// One-line notes on skipped or missing input.
     pub warnings: Vec<String>,
+    /// Collapsed stacks (`frame;frame;frame` -> samples) of every sample the report
+    /// covers, before `--top`/`--percent-limit`; not part of the JSON.
+    #[serde(skip)]
+    pub stacks: BTreeMap<String, u64>,
 }
 
 fn pct(n: u64, total: u64) -> f64 {
@@ -608,6 +617,19 @@ impl GuestSyms<'_> {
             )
     }
 
+    /// The process of a sample as the Module column names it: `comm(pid)`, `[kernel]`
+    /// (pid 0) or `[unknown process cr3=...]`; kernel samples included.
+    fn process(&self, k: &GuestKey) -> String {
+        match k.proc_ {
+            ProcKey::Known(i) => self
+                .labels
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| "[unknown process]".to_string()),
+            ProcKey::Unknown(cr3) => procs::unknown_label(cr3),
+        }
+    }
+
     fn resolve(&self, k: &GuestKey) -> (String, String, RowKind) {
         if k.kernel {
             if let Some(name) = self.ksyms.lookup(k.rip) {
@@ -711,6 +733,7 @@ fn guest_section(
     vm_id: u16,
     vcpu: Option<u16>,
     parts: &[&VcpuCounts],
+    mut stacks: Option<&mut BTreeMap<String, u64>>,
 ) -> Section {
     let os: u64 = parts.iter().map(|c| c.os).sum();
     let user: u64 = parts.iter().map(|c| c.user).sum();
@@ -735,12 +758,20 @@ fn guest_section(
     for c in parts {
         for (k, n) in c.funcs() {
             if keep(&k) {
-                *acc.entry(syms.resolve(&k)).or_default() += n;
+                let row = syms.resolve(&k);
+                if let Some(st) = stacks.as_deref_mut() {
+                    *st.entry(stack(&[vm_name, &syms.process(&k), &row.0]))
+                        .or_default() += n;
+                }
+                *acc.entry(row).or_default() += n;
             }
         }
         if !filtering {
             let mut add = |f: &str, m: String, kind, n: u64| {
                 if n > 0 {
+                    if let Some(st) = stacks.as_deref_mut() {
+                        *st.entry(stack(&[vm_name, f])).or_default() += n;
+                    }
                     *acc.entry((f.to_string(), m, kind)).or_default() += n;
                 }
             };
@@ -964,6 +995,7 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
             .map_or_else(|| format!("vm{id}"), |v| v.name.clone())
     };
 
+    let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
     // Host level.
     let host = (opts.level != Level::Guest).then(|| {
         let h = &agg.host;
@@ -975,6 +1007,7 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
                 unresolved += n;
             }
             let kind = if f.is_some() { RowKind::Function } else { RowKind::Unknown };
+            *stacks.entry(stack(&["hypervisor", f.unwrap_or("[unknown]")])).or_default() += n;
             *acc.entry((f.unwrap_or("[unknown]").to_string(), "hypervisor".to_string(), kind)).or_default() += n;
         }
         if let (Some(path), true) = (&opts.hv_elf, hv.is_some() && unresolved * 2 > h.host) {
@@ -1058,7 +1091,15 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
                 guest_images,
             };
             let parts: Vec<&VcpuCounts> = agg.vcpus.iter().filter(|c| c.vm == id).collect();
-            guests.push(guest_section(opts, &syms, &name, id, None, &parts));
+            guests.push(guest_section(
+                opts,
+                &syms,
+                &name,
+                id,
+                None,
+                &parts,
+                Some(&mut stacks),
+            ));
             if let Some(n) = opts.vcpu {
                 let one: Vec<&VcpuCounts> = parts.iter().copied().filter(|c| c.vcpu == n).collect();
                 if one.is_empty() {
@@ -1066,7 +1107,7 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
                         "--vcpu {n}: VM `{name}` has no samples of vCPU {n}"
                     ));
                 } else {
-                    guests.push(guest_section(opts, &syms, &name, id, Some(n), &one));
+                    guests.push(guest_section(opts, &syms, &name, id, Some(n), &one, None));
                 }
             }
         }
@@ -1126,7 +1167,53 @@ pub fn build(opts: &Options) -> Result<Report, Fatal> {
         host,
         guests,
         warnings,
+        stacks,
     })
+}
+
+/// One frame of a collapsed stack: `;` (the frame separator) becomes `:`, and line
+/// breaks become spaces.
+pub fn frame(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains([';', '\n', '\r']) {
+        name.replace(';', ":").replace(['\n', '\r'], " ").into()
+    } else {
+        name.into()
+    }
+}
+
+fn stack(frames: &[&str]) -> String {
+    let v: Vec<std::borrow::Cow<'_, str>> = frames.iter().map(|f| frame(f)).collect();
+    v.join(";")
+}
+
+/// Renders the report as collapsed stacks: `frame;frame;frame COUNT` per distinct
+/// stack, sorted by stack (root first: `VM;process;function`, `VM;[idle]`,
+/// `VM;[steal]`, `hypervisor;function`).
+pub fn to_collapsed(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (s, n) in r.stacks.iter().filter(|(_, n)| **n > 0) {
+        let _ = writeln!(out, "{s} {n}");
+    }
+    out
+}
+
+/// Renders the collapsed stacks as a flame graph SVG (`inferno`), titled with the log.
+pub fn to_flamegraph(r: &Report) -> Result<String, Fatal> {
+    let collapsed = to_collapsed(r);
+    if collapsed.is_empty() {
+        return Err(Fatal(format!(
+            "{}: no samples for a flame graph",
+            r.log.path
+        )));
+    }
+    let mut opt = inferno::flamegraph::Options::default();
+    opt.title = format!("analyzer: {}", r.log.path);
+    opt.count_name = "samples".to_string();
+    let mut svg = Vec::new();
+    inferno::flamegraph::from_lines(&mut opt, collapsed.lines(), &mut svg)
+        .map_err(|e| Fatal(format!("flame graph: {e}")))?;
+    String::from_utf8(svg).map_err(|e| Fatal(format!("flame graph: {e}")))
 }
 
 /// Widest Function column of the text report, in characters; longer names are cut in

@@ -1750,3 +1750,193 @@ fn sort_percent_limit_pid_comm_lists_and_time_through_the_binary() {
         "{out}"
     );
 }
+
+/// One VM `web` with two processes, `prog;x` (100) and `prog` (101), a kernel thread, an
+/// unknown process, idle, steal and two hypervisor functions; `prog;x` has a `;`.
+fn scenario_stacks(d: &std::path::Path) -> Options {
+    let e = ExitReason::EXTERNAL_INTERRUPT;
+    let (p100, p101, kthread, nobody) = (0x0123_4000, 0x0234_6000, 0x8000, 0x0999_0000);
+    let mut s = Vec::new();
+    for i in 0..100u64 {
+        let t = slot(i + 1);
+        s.push(match i % 10 {
+            0..=3 => guest(t, 0, 0, p100, 3, PROG_MAP + 0x1010, e),
+            4 => guest(t, 0, 0, p101, 3, PROG_MAP + 0x1120, e),
+            5 => guest(t, 0, 0, p101, 0, KERNEL + 0x20, e),
+            6 => guest(t, 0, 0, kthread, 0, KERNEL + 0x120, e),
+            7 => guest(t, 0, 0, nobody, 3, PROG_MAP + 0x1010, e),
+            8 => host(t, HV_BASE + 0x1010, Some((0, 0)), VcpuState::Halted),
+            _ => host(
+                t,
+                HV_BASE + 0x1090,
+                Some((0, 0)),
+                VcpuState::ExitHandling {
+                    reason: ExitReason::WRMSR,
+                },
+            ),
+        });
+    }
+    let bundle = "gk-bundle 1\nvm web\nproc 0 [kernel] cr3=0x8000\n\
+        proc 100 prog;x cr3=0x1234000\nproc 101 prog cr3=0x2346000\n\
+        map 100 555500000000 555500003000 0 /usr/bin/prog\n\
+        map 101 555500000000 555500003000 0 /usr/bin/prog\n\
+        kmap ffffffff81000000 ffffffff82000000 vmlinux\n\
+        ksym ffffffff81000000 T do_syscall\nksym ffffffff81000100 T schedule\n";
+    let mut o = opts(put(d, "stacks.vmlog", &log(&[vm(0, "web", 1)], &[s])));
+    o.bundles.push(put(d, "web.bundle", bundle.as_bytes()));
+    o.elfs.push(put(
+        d,
+        "prog",
+        &elf(0, true, &[("alpha", 0, 0x100), ("beta", 0x100, 0x100)]),
+    ));
+    o.hv_elf = symbols_a(d, Options::default()).hv_elf;
+    o
+}
+
+const STACKS: &str = "\
+hypervisor;handle_wrmsr 10
+hypervisor;hv_idle 10
+web;[idle] 10
+web;[kernel];schedule 10
+web;[steal] 10
+web;[unknown process cr3=0x9990000];[unknown] 10
+web;prog(101);beta 10
+web;prog(101);do_syscall 10
+web;prog:x(100);alpha 40
+";
+
+#[test]
+fn collapsed_stacks_vm_process_function_and_hypervisor() {
+    let d = dir("collapsed");
+    let mut o = scenario_stacks(&d);
+    // --top does not cut the stacks.
+    o.top = 2;
+    let r = report::build(&o).unwrap();
+    assert_eq!(r.warnings, Vec::<String>::new());
+    assert_eq!(report::to_collapsed(&r), STACKS);
+    // The same through the binary, on stdout.
+    let mut args: Vec<String> = vec!["report".into(), o.log.display().to_string()];
+    for b in &o.bundles {
+        args.extend(["--bundle".into(), b.display().to_string()]);
+    }
+    for e in &o.elfs {
+        args.extend(["--elf".into(), e.display().to_string()]);
+    }
+    let hv = o.hv_elf.as_ref().unwrap().display().to_string();
+    args.extend(["--hv-elf".into(), hv, "--format".into(), "collapsed".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = analyzer(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, STACKS);
+    // --pid keeps that process's stacks (no idle/steal), hypervisor beside them.
+    o.pid = vec![101];
+    let r = report::build(&o).unwrap();
+    assert_eq!(
+        report::to_collapsed(&r),
+        "hypervisor;handle_wrmsr 10\nhypervisor;hv_idle 10\n\
+         web;prog(101);beta 10\nweb;prog(101);do_syscall 10\n"
+    );
+    // --level guest: no hypervisor stacks.
+    o.pid.clear();
+    o.level = Level::Guest;
+    let r = report::build(&o).unwrap();
+    let guest_only: String = STACKS
+        .lines()
+        .filter(|l| !l.starts_with("hypervisor;"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(report::to_collapsed(&r), guest_only);
+}
+
+#[test]
+fn flame_graph_svg_is_well_formed_with_the_frames() {
+    use quick_xml::events::Event;
+    let d = dir("flamegraph");
+    let o = scenario_stacks(&d);
+    let svg_path = d.join("flame.svg");
+    let log = o.log.display().to_string();
+    let (b, e, hv) = (
+        o.bundles[0].display().to_string(),
+        o.elfs[0].display().to_string(),
+        o.hv_elf.as_ref().unwrap().display().to_string(),
+    );
+    let svg = svg_path.display().to_string();
+    let (code, out, err) = analyzer(&[
+        "report",
+        &log,
+        "--bundle",
+        &b,
+        "--elf",
+        &e,
+        "--hv-elf",
+        &hv,
+        "--format",
+        "flamegraph",
+        "--output",
+        &svg,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "", "the SVG goes to --output, not stdout");
+    let text = std::fs::read_to_string(&svg_path).unwrap();
+    // Well-formed: quick-xml reads it to the end, every start tag closed by its own end.
+    let mut reader = quick_xml::Reader::from_str(&text);
+    let mut open: Vec<Vec<u8>> = Vec::new();
+    let mut texts = String::new();
+    let mut root = None;
+    loop {
+        match reader.read_event() {
+            Err(e) => panic!("SVG not well-formed at {}: {e}", reader.buffer_position()),
+            Ok(Event::Eof) => break,
+            Ok(Event::Start(t)) => {
+                root.get_or_insert_with(|| t.name().as_ref().to_vec());
+                open.push(t.name().as_ref().to_vec());
+            }
+            Ok(Event::End(t)) => {
+                assert_eq!(open.pop().as_deref(), Some(t.name().as_ref()), "unbalanced");
+            }
+            Ok(Event::Text(t)) => {
+                texts.push_str(&t.decode().unwrap());
+                texts.push('\n');
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(open.is_empty(), "unclosed tags: {open:?}");
+    assert_eq!(root.as_deref(), Some(&b"svg"[..]));
+    for f in [
+        "web",
+        "prog:x(100)",
+        "prog(101)",
+        "alpha",
+        "beta",
+        "do_syscall",
+        "[kernel]",
+        "schedule",
+        "[idle]",
+        "[steal]",
+        "hypervisor",
+        "handle_wrmsr",
+        "hv_idle",
+    ] {
+        assert!(
+            texts.lines().any(|l| l.starts_with(&format!("{f} ("))),
+            "no frame `{f}` in the SVG's titles"
+        );
+    }
+    assert!(texts.contains("stacks.vmlog"), "the title names the log");
+    // To stdout without --output.
+    let (code, out, err) = analyzer(&[
+        "report",
+        &log,
+        "--bundle",
+        &b,
+        "--elf",
+        &e,
+        "--hv-elf",
+        &hv,
+        "--format",
+        "flamegraph",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("<?xml") && out.trim_end().ends_with("</svg>"));
+}
