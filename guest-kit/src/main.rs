@@ -145,6 +145,26 @@ fn options<'a>(args: &'a [String], known: &[&str], flags: &[&str]) -> Result<Par
     Ok((opts, positional))
 }
 
+/// The options `collect` and `watch` share: `--proc`, `--vm`, `--btf`, `--kcore`,
+/// `--symbols`, `--root`.
+fn kernel_options(opts: &[(&str, &str)]) -> Options {
+    let proc_root = PathBuf::from(get(opts, "--proc").unwrap_or("/proc"));
+    let vm = match get(opts, "--vm") {
+        Some(vm) => vm.to_string(),
+        None => host_name(&proc_root),
+    };
+    let mut o = Options::new(&proc_root, &vm);
+    if let Some(btf) = get(opts, "--btf") {
+        o.btf = PathBuf::from(btf);
+    }
+    o.kcore = get(opts, "--kcore").map(PathBuf::from);
+    o.symbols = get(opts, "--symbols").is_some();
+    if let Some(root) = get(opts, "--root") {
+        o.file_root = PathBuf::from(root);
+    }
+    o
+}
+
 fn get<'a>(opts: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
     opts.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
@@ -158,21 +178,8 @@ fn run_collect(args: &[String]) -> Result<(), Failure> {
     if let Some(extra) = positional.first() {
         return Err(Failure::Usage(format!("unexpected argument `{extra}`")));
     }
-    let proc_root = PathBuf::from(get(&opts, "--proc").unwrap_or("/proc"));
-    let vm = match get(&opts, "--vm") {
-        Some(vm) => vm.to_string(),
-        None => host_name(&proc_root),
-    };
-    let mut collect_opts = Options::new(&proc_root, &vm);
-    if let Some(btf) = get(&opts, "--btf") {
-        collect_opts.btf = PathBuf::from(btf);
-    }
-    collect_opts.kcore = get(&opts, "--kcore").map(PathBuf::from);
+    let mut collect_opts = kernel_options(&opts);
     collect_opts.kallsyms = get(&opts, "--kallsyms").is_some();
-    collect_opts.symbols = get(&opts, "--symbols").is_some();
-    if let Some(root) = get(&opts, "--root") {
-        collect_opts.file_root = PathBuf::from(root);
-    }
     let collected = collect(&collect_opts).map_err(|e| Failure::Failed(e.to_string()))?;
     for warning in &collected.warnings {
         eprintln!("guest-kit: warning: {warning}");
@@ -358,20 +365,7 @@ fn run_watch(args: &[String]) -> Result<(), Failure> {
             "give --until-file or --seconds, not both".into(),
         ));
     }
-    let proc_root = PathBuf::from(get(&opts, "--proc").unwrap_or("/proc"));
-    let vm = match get(&opts, "--vm") {
-        Some(vm) => vm.to_string(),
-        None => host_name(&proc_root),
-    };
-    let mut collect_opts = Options::new(&proc_root, &vm);
-    if let Some(btf) = get(&opts, "--btf") {
-        collect_opts.btf = PathBuf::from(btf);
-    }
-    collect_opts.kcore = get(&opts, "--kcore").map(PathBuf::from);
-    collect_opts.symbols = get(&opts, "--symbols").is_some();
-    if let Some(root) = get(&opts, "--root") {
-        collect_opts.file_root = PathBuf::from(root);
-    }
+    let collect_opts = kernel_options(&opts);
     let watch_opts = WatchOptions {
         collect: collect_opts,
         interval,

@@ -120,6 +120,8 @@ pub mod edx1 {
 mod ebx1 {
     /// CLFLUSH line size and brand index: kept.
     pub const KEEP: u32 = 0xffff;
+    /// The logical-processor count and initial APIC id fields are 8 bits wide.
+    pub const FIELD: u32 = 0xff;
     pub const LOGICAL_SHIFT: u32 = 16;
     pub const APIC_ID_SHIFT: u32 = 24;
 }
@@ -166,7 +168,15 @@ mod topology {
     pub const SMT: u32 = 1;
     pub const CORE: u32 = 2;
     pub const TYPE_SHIFT: u32 = 8;
+    /// ECX[7:0]: the level number (the subleaf).
+    pub const LEVEL_MASK: u32 = 0xff;
 }
+
+/// CPUID.4:EAX bits kept: cache type, level, self-initialising, fully associative
+/// (bits 0-13); the core and sharing counts above describe the host's package.
+const CACHE_PARAMS_EAX_KEEP: u32 = 0x3fff;
+/// CPUID.0x8000_0008:EAX bits kept: physical (7:0) and linear (15:8) address sizes.
+const ADDRESS_SIZES_EAX_KEEP: u32 = 0xffff;
 
 /// What the guest's CPU depends on besides the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,8 +218,8 @@ pub fn guest_cpuid(
         leaf::FEATURES => {
             let [a, b, c, d] = from_host(leaf::FEATURES, 0);
             let b = (b & ebx1::KEEP)
-                | (cpu.vcpus.min(0xff) << ebx1::LOGICAL_SHIFT)
-                | ((cpu.apic_id & 0xff) << ebx1::APIC_ID_SHIFT);
+                | (cpu.vcpus.min(ebx1::FIELD) << ebx1::LOGICAL_SHIFT)
+                | ((cpu.apic_id & ebx1::FIELD) << ebx1::APIC_ID_SHIFT);
             [
                 a,
                 b,
@@ -222,7 +232,7 @@ pub fn guest_cpuid(
             // Keep the cache geometry; EAX[31:26] (cores per package - 1) and EAX[25:14]
             // (threads sharing the cache - 1) describe one core of our own.
             let [a, b, c, d] = from_host(leaf, sub);
-            [a & 0x3fff, b, c, d]
+            [a & CACHE_PARAMS_EAX_KEEP, b, c, d]
         }
         leaf::THERMAL_POWER => [ARAT, 0, 0, 0],
         leaf::EXTENDED_FEATURES if sub == 0 => {
@@ -245,7 +255,7 @@ pub fn guest_cpuid(
                     (topology::CORE << topology::TYPE_SHIFT) | sub,
                     cpu.apic_id,
                 ],
-                _ => [0, 0, sub & 0xff, cpu.apic_id],
+                _ => [0, 0, sub & topology::LEVEL_MASK, cpu.apic_id],
             }
         }
         leaf::TSC_CRYSTAL => {
@@ -282,7 +292,7 @@ pub fn guest_cpuid(
         leaf::ADDRESS_SIZES => {
             // Physical and linear address sizes only.
             let [a, _, _, _] = from_host(leaf, 0);
-            [a & 0xffff, 0, 0, 0]
+            [a & ADDRESS_SIZES_EAX_KEEP, 0, 0, 0]
         }
         l if (HV_BASE + 1..HV_BASE + HV_RANGE).contains(&l) => [0; 4],
         _ => [0; 4],

@@ -153,6 +153,7 @@ pub fn handle(
     vmcs: &mut impl Vmcs,
     env: &mut impl ExitEnv,
 ) -> Outcome {
+    let vcpus_in_vm = vm.vcpus.len() as u32;
     let vcpu = &mut vm.vcpus[index];
     let unhandled = StopReason::Unhandled {
         reason: exit.raw.basic(),
@@ -186,7 +187,7 @@ pub fn handle(
             let sub = vcpu.regs.0[reg::RCX] as u32;
             let cpu = GuestCpu {
                 apic_id: u32::from(vcpu.index),
-                vcpus: vm.cpu.vcpus,
+                vcpus: vcpus_in_vm,
                 tsc_hz: env.tsc_hz(),
                 rdtscp: vm.cpu.rdtscp,
                 invpcid: vm.cpu.invpcid,

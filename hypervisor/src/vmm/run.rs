@@ -363,7 +363,6 @@ fn build_vm(
     let mut vm = Vm::new(id, name);
     vm.bus = PortBus::new(GUEST_CLOCK_START_UNIX, cpu::rdtsc(), time::tsc_hz());
     vm.cpu = VmCpu {
-        vcpus: 1,
         rdtscp: ctl.proc2 & Proc2Ctls::ENABLE_RDTSCP.bits() != 0,
         invpcid: ctl.proc2 & Proc2Ctls::ENABLE_INVPCID.bits() != 0,
     };
@@ -446,6 +445,8 @@ fn com2(bytes: &[u8]) {
 const RECORD_BYTES: [u64; 3] = [16 << 20, 4 << 20, 1 << 20];
 /// Bytes written out per idle-loop step: one UART FIFO, about 1.4 ms at 115200 baud.
 const IDLE_FLUSH_CHUNK: usize = 16;
+/// An idle-loop chunk is written only when the next guest timer is further away than this.
+const IDLE_FLUSH_MARGIN_MS: u64 = 2;
 
 fn start_record_mode() {
     for bytes in RECORD_BYTES {
@@ -613,7 +614,7 @@ impl Runner {
             }
             // Time no guest wants: write out some of the recorded log, a chunk that ends
             // well before the next guest timer.
-            let chunk_tsc = self.tsc_hz / 500;
+            let chunk_tsc = self.tsc_hz / 1000 * IDLE_FLUSH_MARGIN_MS;
             if wake.is_some_and(|w| w - now > chunk_tsc)
                 && let Some(r) = RECORD.lock().as_mut()
             {

@@ -365,7 +365,6 @@ impl GuestRam {
 /// VM-wide facts guest CPUID reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmCpu {
-    pub vcpus: u32,
     /// RDTSCP / INVPCID work in the guest (their VM-execution controls are on).
     pub rdtscp: bool,
     pub invpcid: bool,
@@ -393,7 +392,6 @@ impl Vm {
             bus: PortBus::new(0, 0, 1),
             ram: GuestRam::None,
             cpu: VmCpu {
-                vcpus: 1,
                 rdtscp: false,
                 invpcid: false,
             },
@@ -772,8 +770,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pvh_guest_state() {
+    /// A VMCS set up on the recorded Skylake host for `entry`, and the controls used.
+    fn set_up(entry: GuestEntry) -> (MockVmcs, Controls) {
         let caps = VmxCaps::probe(&SKYLAKE_HOST).unwrap();
         let ctl = caps.controls().unwrap();
         let mut vmcs = MockVmcs::default();
@@ -783,16 +781,13 @@ mod tests {
             msr_bitmap: 0x7000,
             eptp: 0x801e,
         };
-        setup_vmcs(
-            &mut vmcs,
-            &caps,
-            &ctl,
-            &host(),
-            &addrs,
-            1,
-            GuestEntry::Protected32 { rip: 0x10_0000 },
-        )
-        .unwrap();
+        setup_vmcs(&mut vmcs, &caps, &ctl, &host(), &addrs, 1, entry).unwrap();
+        (vmcs, ctl)
+    }
+
+    #[test]
+    fn pvh_guest_state() {
+        let (vmcs, ctl) = set_up(GuestEntry::Protected32 { rip: 0x10_0000 });
         assert_eq!(vmcs.get(GuestNW::Rip), Some(0x10_0000));
         assert_eq!(
             vmcs.get(GuestNW::Cr0),
@@ -821,22 +816,13 @@ mod tests {
 
     #[test]
     fn long_mode_guest_state_for_the_linux_64_bit_entry() {
-        let caps = VmxCaps::probe(&SKYLAKE_HOST).unwrap();
-        let ctl = caps.controls().unwrap();
-        let mut vmcs = MockVmcs::default();
-        let addrs = VmcsAddrs {
-            io_bitmap_a: 0x5000,
-            io_bitmap_b: 0x6000,
-            msr_bitmap: 0x7000,
-            eptp: 0x801e,
-        };
         let entry = GuestEntry::Long64 {
             rip: 0x100_0200,
             cr3: 0x9000,
             gdt_base: 0x8000,
             gdt_limit: 0x1f,
         };
-        setup_vmcs(&mut vmcs, &caps, &ctl, &host(), &addrs, 1, entry).unwrap();
+        let (vmcs, _) = set_up(entry);
         assert_eq!(vmcs.get(GuestNW::Rip), Some(0x100_0200));
         assert_eq!(vmcs.get(GuestNW::Cr3), Some(0x9000));
         assert_eq!(
